@@ -1,0 +1,91 @@
+"""Filters shared by the roles: where each service is reached from a given host.
+
+This is the one place that computes service addresses. A service is reached through the
+Docker network (its container name and internal port) from hosts that share its Docker
+engine, and through its host's address and published port from every other host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def _same_engine(client: str, server: str, hostvars: Mapping[str, Any]) -> bool:
+    if client == server:
+        return True
+    # Hosts managed through the local connection all talk to the controller's engine.
+    return bool(
+        hostvars[client].get("ansible_connection") == "local"
+        and hostvars[server].get("ansible_connection") == "local"
+    )
+
+
+def _address(server: str, hostvars: Mapping[str, Any]) -> str:
+    host_vars = hostvars[server]
+    return str(host_vars.get("aie_advertised_address") or host_vars.get("ansible_host") or server)
+
+
+def aie_endpoints(
+    services: Mapping[str, Mapping[str, Any]],
+    client: str,
+    hostvars: Mapping[str, Any],
+    groups: Mapping[str, list[str]],
+) -> dict[str, dict[str, Any]]:
+    """Return, for each deployed service, the host and port `client` uses to reach it."""
+    endpoints: dict[str, dict[str, Any]] = {}
+    for name, service in services.items():
+        members = groups.get(service["group"]) or []
+        if not members:
+            continue
+        server = members[0]
+        if _same_engine(client, server, hostvars):
+            host, port = str(service["container"]), int(service["port"])
+        else:
+            host, port = _address(server, hostvars), int(service["published_port"])
+        endpoints[name] = {"server": server, "host": host, "port": port}
+    return endpoints
+
+
+def aie_endpoints_of(
+    services: Mapping[str, Mapping[str, Any]],
+    service: str,
+    clients: list[str],
+    hostvars: Mapping[str, Any],
+    groups: Mapping[str, list[str]],
+) -> list[dict[str, Any]]:
+    """The endpoint of one service as each of `clients` reaches it."""
+    return [aie_endpoints(services, client, hostvars, groups)[service] for client in clients]
+
+
+def aie_known_host(host: str, port: int) -> str:
+    """The name OpenSSH and paramiko look up in known_hosts for host and port."""
+    return host if int(port) == 22 else f"[{host}]:{int(port)}"
+
+
+def aie_known_host_names(
+    endpoints: list[Mapping[str, Any]], extra_hosts: list[str], extra_port: int
+) -> list[str]:
+    """known_hosts names for the given endpoints and for extra hosts on extra_port."""
+    names = {aie_known_host(ep["host"], ep["port"]) for ep in endpoints}
+    names.update(aie_known_host(host, extra_port) for host in extra_hosts if host)
+    return sorted(names)
+
+
+def aie_volume_mounts(volumes: Mapping[str, str], prefix: str) -> list[dict[str, str]]:
+    """Docker mounts for named volumes given as {name suffix: mount point}."""
+    return [
+        {"type": "volume", "source": f"{prefix}-{suffix}", "target": target}
+        for suffix, target in sorted(volumes.items())
+    ]
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "aie_endpoints": aie_endpoints,
+            "aie_endpoints_of": aie_endpoints_of,
+            "aie_known_host": aie_known_host,
+            "aie_known_host_names": aie_known_host_names,
+            "aie_volume_mounts": aie_volume_mounts,
+        }

@@ -1,0 +1,41 @@
+"""Packaging for aie: the deployment CLI and the paramiko-based SFTP artifact store."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="aie",
+    version="0.1.0",
+    description="Deploy an MLflow experiment-tracking stack (MLflow, SFTP, S3, JupyterLab) with Ansible",
+    packages=find_packages(include=["aie", "aie.*"]),
+    package_data={"aie": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "paramiko>=3.4,<6",
+    ],
+    extras_require={
+        # What the `aie` CLI needs to run the playbooks.
+        "deploy": [
+            "ansible>=11,<13",
+            "ansible-runner>=2.4,<3",
+            "boto3>=1.34,<2",
+        ],
+        # What the artifact store needs inside MLflow (server and notebooks).
+        "mlflow": [
+            "mlflow>=3.1,<4",
+        ],
+        "test": [
+            "pytest>=8,<10",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "types-paramiko",
+            "ansible-lint>=24",
+            "yamllint>=1.35",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["aie=aie.cli:main"],
+        # MLflow loads this entry point after its built-in stores, so `sftp://`
+        # URIs are served by aie's paramiko store instead of the pysftp one.
+        "mlflow.artifact_repository": ["sftp=aie.sftp_store:SFTPArtifactRepository"],
+    },
+)
