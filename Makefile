@@ -1,0 +1,29 @@
+# The two commands of the README: `make up` deploys the local single-host stack,
+# `make test` runs every test. Both set up what they need first (scripts/bootstrap).
+VENV ?= .venv
+# Extra arguments for `aie up`, e.g. AIE_ARGS="-e minio_engine=rgw" on a machine with no registry.
+AIE_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: up down status test lint bootstrap benchmark
+
+bootstrap:
+	VENV=$(VENV) scripts/bootstrap
+
+up: bootstrap
+	$(VENV)/bin/aie up $(AIE_ARGS)
+
+down: bootstrap
+	$(VENV)/bin/aie down
+
+status: bootstrap
+	$(VENV)/bin/aie status
+
+test: bootstrap
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: bootstrap
+	$(VENV)/bin/python -m pytest tests/test_lint.py
+
+benchmark: bootstrap
+	$(VENV)/bin/python benchmarks/sftp_throughput.py

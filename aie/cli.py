@@ -1,0 +1,136 @@
+"""The `aie` command: deploy, inspect and remove the stack."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from aie.runner import PlaybookResult, find_project_dir, run_playbook
+
+SERVICE_ORDER = ("mlflow", "sftp", "s3", "jupyterlab")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aie", description="Deploy the MLflow experiment-tracking stack with Ansible."
+    )
+    parser.add_argument("--project-dir", type=Path, help="the aie project folder (default: found from here)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("-i", "--inventory", type=Path, help="inventory (default: inventory/local)")
+        command.add_argument("-l", "--limit", help="only these hosts or groups")
+        command.add_argument(
+            "-e", "--extra-vars", action="append", default=[], metavar="VARS",
+            help="extra variables, as for ansible-playbook (repeatable)",
+        )
+        command.add_argument("-v", "--verbose", action="store_true", help="print every task, not only changes")
+        return command
+
+    up = add("up", "deploy or update the stack")
+    up.add_argument("--check", action="store_true", help="only report what would change")
+    source = up.add_mutually_exclusive_group()
+    source.add_argument("--offline", action="store_true", help="build the base image with debootstrap, never pull")
+    source.add_argument("--pull", action="store_true", help="pull the base image, never build it")
+    down = add("down", "stop and remove the containers (data volumes are kept)")
+    down.add_argument("--purge", action="store_true", help="also delete the data volumes (asks first)")
+    down.add_argument("--yes", action="store_true", help="do not ask before --purge")
+    add("status", "show each service's health and URL")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        project_dir = find_project_dir(args.project_dir)
+    except FileNotFoundError as error:
+        return _fail(str(error))
+    inventory = args.inventory or project_dir / "inventory" / "local"
+    if not inventory.exists():
+        return _fail(f"inventory {inventory} does not exist")
+    extra: list[str] = []
+    for value in args.extra_vars:
+        extra += ["-e", value]
+
+    if args.command == "up":
+        if args.offline or args.pull:
+            extra += ["-e", f"base_image_source={'debootstrap' if args.offline else 'pull'}"]
+        if args.check:
+            extra.append("--check")
+        return _deploy("site.yml", project_dir, inventory, extra, args)
+    if args.command == "down":
+        if args.purge:
+            if not args.yes and not _confirm_purge():
+                return _fail("not purging: nothing was removed")
+            extra += ["-e", "aie_purge=true"]
+        return _deploy("playbooks/down.yml", project_dir, inventory, extra, args)
+    return _status(project_dir, inventory, extra, args)
+
+
+def _run(
+    playbook: str, project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace
+) -> PlaybookResult:
+    cancel = threading.Event()
+
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        print("aie: interrupted, stopping after the running tasks", file=sys.stderr)
+        cancel.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        return run_playbook(
+            playbook, project_dir=project_dir, inventory=inventory, extra_args=extra,
+            limit=args.limit, verbose=args.verbose, cancel=cancel,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _deploy(playbook: str, project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    result = _run(playbook, project_dir, inventory, extra, args)
+    if not result.ok:
+        return _fail(result.failures[0] if result.failures else f"{playbook} failed ({result.status})")
+    print(f"aie: {playbook} done, changed={result.changed}")
+    return 0
+
+
+def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    result = _run("playbooks/status.yml", project_dir, inventory, extra, args)
+    if not result.ok:
+        return _fail(result.failures[0] if result.failures else "status failed")
+    healthy = True
+    for host, report in sorted(result.facts.items()):
+        for service in SERVICE_ORDER:
+            if service in report:
+                entry = report[service]
+                healthy &= bool(entry["healthy"])
+                state = "healthy" if entry["healthy"] else "DOWN"
+                print(f"{service:<11} {state:<8} {entry['url']:<36} ({host})")
+    token = project_dir / "files" / "keys" / "secrets" / "jupyterlab_token"
+    if token.is_file():
+        print(f"JupyterLab token: {token.read_text().split()[0]}")
+    return 0 if healthy else 1
+
+
+def _confirm_purge() -> bool:
+    if not sys.stdin.isatty():
+        return False
+    answer = input("Delete the data volumes (MLflow runs, SFTP artifacts, S3 objects)? Type 'purge': ")
+    return answer.strip() == "purge"
+
+
+def _fail(message: str) -> int:
+    print(f"aie: error: {message}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

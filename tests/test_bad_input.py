@@ -1,0 +1,61 @@
+"""Bad input stops the run before anything changes, with a message naming the culprit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import ansible_playbook, containers, write_vars
+
+PREFIX = "aiebad"
+
+
+def deploy(tmp_path: Path, inventory: str = "inventory/local", **settings: object) -> str:
+    base = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(tmp_path / "keys"), "minio_engine": "rgw"}
+    extra = write_vars(tmp_path / "vars.json", {**base, **settings})
+    result = ansible_playbook("-i", inventory, "site.yml", "-e", extra)
+    assert result.returncode != 0, result.stdout[-2000:]
+    # Nothing was deployed: no container, no state folder on the host, no keys.
+    assert containers(PREFIX) == []
+    assert not (Path.home() / ".local" / "share" / "aie" / PREFIX).exists()
+    assert not (tmp_path / "keys" / "sftp_client_ed25519").exists()
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("variable", ["aie_s3_access_key", "aie_s3_secret_key", "aie_jupyterlab_token"])
+def test_empty_credentials_are_refused(tmp_path: Path, variable: str) -> None:
+    output = deploy(tmp_path, **{variable: ""})
+    assert f"{variable} is empty" in output
+
+
+@pytest.mark.parametrize("value", ["minioadmin", "changeme"])
+def test_well_known_credentials_are_refused(tmp_path: Path, value: str) -> None:
+    output = deploy(tmp_path, aie_s3_secret_key=value)
+    assert "aie_s3_secret_key is empty, shorter than 16 characters or a well-known default" in output
+
+
+def test_unknown_engine_is_refused(tmp_path: Path) -> None:
+    output = deploy(tmp_path, minio_engine="ceph")
+    assert "minio_engine" in output and "ceph" in output
+
+
+def test_two_services_on_one_port_are_refused(tmp_path: Path) -> None:
+    output = deploy(tmp_path, aie_sftp_port=5500)
+    assert "would publish port(s) 5500 for more than one service" in output
+
+
+def test_a_missing_group_is_named(tmp_path: Path) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  children:\n    aie:\n      children:\n"
+        + "".join(f"        {g}:\n          hosts:\n            localhost:\n" for g in ("mlflow", "sftp", "jupyterlab"))
+        + "  hosts:\n    localhost:\n      ansible_connection: local\n"
+    )
+    output = deploy(tmp_path, inventory=str(inventory))
+    assert "no host in group(s) minio" in output
+
+
+def test_a_bad_experiment_list_is_refused(tmp_path: Path) -> None:
+    output = deploy(tmp_path, mlflow_experiments=[{"name": "x"}])
+    assert "mlflow_experiments" in output

@@ -1,0 +1,77 @@
+"""The `aie` CLI and its ansible-runner wrapper, with real ansible-playbook runs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from aie import cli
+from aie.runner import find_project_dir, run_playbook
+from conftest import PROJECT, aie
+
+
+def test_project_dir_is_found_from_a_subfolder() -> None:
+    assert find_project_dir(PROJECT / "roles" / "sftp") == PROJECT
+
+
+def test_a_missing_inventory_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status", "-i", "/nonexistent/inventory"]) == 1
+    assert "inventory /nonexistent/inventory does not exist" in capsys.readouterr().err
+
+
+def test_purge_is_refused_without_confirmation() -> None:
+    # No terminal to ask on and no --yes: nothing is removed.
+    result = aie("down", "--purge", timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "aie: error: not purging: nothing was removed"
+
+
+def test_an_unreachable_host_fails_with_one_line_naming_it(tmp_path: Path) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  hosts:\n    ghost:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n"
+        "      ansible_ssh_common_args: -o ConnectTimeout=5\n"
+        "  children:\n    aie:\n      children:\n        sftp:\n          hosts:\n            ghost:\n"
+    )
+    out = io.StringIO()
+    result = run_playbook("playbooks/status.yml", project_dir=PROJECT, inventory=inventory, out=out)
+    assert result.rc != 0
+    assert result.failures and result.failures[0].startswith("host ghost is unreachable:")
+    assert "UNREACHABLE" in out.getvalue()
+
+
+def test_a_failed_task_is_reported_with_its_message(tmp_path: Path) -> None:
+    result = aie("up", "-e", "aie_s3_secret_key=minioadmin", "-e", f"aie_keys_dir={tmp_path}", timeout=300)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("aie: error: task 'Check aie_s3_secret_key' failed on localhost:")
+
+
+def test_progress_names_plays_and_changes(tmp_path: Path) -> None:
+    # The keys play alone: it generates keys, so it reports changes, task by task.
+    inventory = PROJECT / "inventory" / "local"
+    out = io.StringIO()
+    result = run_playbook(
+        "playbooks/keys.yml",
+        project_dir=PROJECT,
+        inventory=inventory,
+        extra_args=["-e", f"aie_keys_dir={tmp_path}"],
+        out=out,
+    )
+    assert result.ok, result.failures
+    assert result.changed >= 3
+    text = out.getvalue()
+    assert "== Generate keys, known_hosts and client configs on the controller" in text
+    assert "changed  localhost        Generate the keys" in text
+    assert (tmp_path / "sftp_client_ed25519").stat().st_mode & 0o777 == 0o600
+    again = run_playbook(
+        "playbooks/keys.yml",
+        project_dir=PROJECT,
+        inventory=inventory,
+        extra_args=["-e", f"aie_keys_dir={tmp_path}"],
+        out=io.StringIO(),
+    )
+    assert again.ok and again.changed == 0

@@ -1,0 +1,177 @@
+"""The single-host stack, deployed for real on this machine's Docker engine.
+
+Deploys with `aie up` under a prefix and ports of its own (so a user's stack is left
+alone), logs runs from inside the JupyterLab container and checks where everything landed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from mlflow.tracking import MlflowClient
+
+from conftest import PROJECT, aie, containers, run, write_vars
+
+PREFIX = "aietest"
+PORTS = {"aie_mlflow_port": 15500, "aie_sftp_port": 12222, "aie_s3_port": 19000, "aie_jupyterlab_port": 18888}
+ENGINE = os.environ.get("AIE_TEST_S3_ENGINE", "rgw")
+
+LOG_RUNS = r"""
+import hashlib, json, os, tempfile
+import mlflow
+out = {}
+for name in ("notebooks-sftp", "notebooks-s3"):
+    mlflow.set_experiment(name)
+    with mlflow.start_run() as run:
+        mlflow.log_param("learning_rate", 0.01)
+        for step in range(3):
+            mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+        path = os.path.join(tempfile.mkdtemp(), "weights.bin")
+        data = os.urandom(300_000)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        mlflow.log_artifact(path, artifact_path="model")
+        out[name] = {"run_id": run.info.run_id, "sha256": hashlib.sha256(data).hexdigest(),
+                     "artifact_uri": mlflow.get_artifact_uri()}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    work = tmp_path_factory.mktemp("e2e")
+    keys = work / "keys"
+    settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE, **PORTS}
+    extra = write_vars(work / "vars.json", settings)
+    up = aie("up", "-e", extra)
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        yield {"extra": extra, "keys": keys, "first_up": up}
+    finally:
+        down = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
+        assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
+        assert containers(PREFIX) == []
+
+
+@pytest.fixture(scope="module")
+def logged(stack: dict[str, Any]) -> dict[str, Any]:
+    notebooks = PROJECT / "notebooks"
+    uid = notebooks.stat().st_uid
+    home = "/root" if uid == 0 else "/home/aie"
+    result = run(
+        ["docker", "exec", "-u", str(uid), "-e", f"HOME={home}", f"{PREFIX}-jupyterlab", "python", "-c", LOG_RUNS],
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return logged
+
+
+def test_every_container_runs(stack: dict[str, Any]) -> None:
+    names = set(containers(PREFIX))
+    assert names == {f"{PREFIX}-{name}" for name in ("mlflow", "sftp", "minio", "jupyterlab")}
+
+
+def test_sftp_artifact_is_in_the_sftp_volume(logged: dict[str, Any]) -> None:
+    entry = logged["notebooks-sftp"]
+    assert entry["artifact_uri"] == f"sftp://{PREFIX}-sftp/artifacts/notebooks-sftp/{entry['run_id']}/artifacts"
+    # Read through a throwaway container on the volume itself, not through the server.
+    path = f"/data/notebooks-sftp/{entry['run_id']}/artifacts/model/weights.bin"
+    result = run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "-v",
+            f"{PREFIX}-sftp-data:/data:ro",
+            "--entrypoint",
+            "sha256sum",
+            "aie/common:latest",
+            path,
+        ],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == entry["sha256"]
+
+
+def test_s3_artifact_is_in_the_bucket(stack: dict[str, Any], logged: dict[str, Any]) -> None:
+    entry = logged["notebooks-s3"]
+    secrets = stack["keys"] / "secrets"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{PORTS['aie_s3_port']}",
+        aws_access_key_id=(secrets / "s3_access_key").read_text().split()[0],
+        aws_secret_access_key=(secrets / "s3_secret_key").read_text().split()[0],
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    key = f"notebooks-s3/{entry['run_id']}/artifacts/model/weights.bin"
+    body = s3.get_object(Bucket="ai-models", Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+
+
+def test_mlflow_returns_the_runs_and_metrics(logged: dict[str, Any]) -> None:
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{PORTS['aie_mlflow_port']}")
+    for name, entry in logged.items():
+        run_data = client.get_run(entry["run_id"])
+        experiment = client.get_experiment(run_data.info.experiment_id)
+        assert experiment.name == name
+        assert run_data.data.params == {"learning_rate": "0.01"}
+        history = client.get_metric_history(entry["run_id"], "loss")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2]
+        assert run_data.data.metrics["loss"] == pytest.approx(1 / 3)
+
+
+def test_status_reports_every_service_healthy(stack: dict[str, Any]) -> None:
+    status = aie("status", "-e", stack["extra"], timeout=300)
+    assert status.returncode == 0, status.stdout + status.stderr
+    for service, port in (("mlflow", 15500), ("sftp", 12222), ("s3", 19000), ("jupyterlab", 18888)):
+        assert re.search(rf"^{service}\s+healthy\s+\S+:{port}", status.stdout, re.M), status.stdout
+    token = (stack["keys"] / "secrets" / "jupyterlab_token").read_text().split()[0]
+    assert token not in stack["first_up"].stdout + stack["first_up"].stderr
+
+
+def test_second_up_changes_nothing(stack: dict[str, Any], logged: dict[str, Any]) -> None:
+    again = aie("up", "-e", stack["extra"])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "changed=0" in again.stdout, again.stdout[-3000:]
+
+
+def test_check_mode_on_the_deployed_stack_changes_nothing(stack: dict[str, Any]) -> None:
+    check = aie("up", "--check", "-e", stack["extra"])
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+    assert "changed=0" in check.stdout, check.stdout[-3000:]
+
+
+def test_down_keeps_the_data_volumes(stack: dict[str, Any], logged: dict[str, Any]) -> None:
+    down = aie("down", "-e", stack["extra"], timeout=600)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert containers(PREFIX) == []
+    volumes = run(["docker", "volume", "ls", "--format", "{{.Name}}"]).stdout.split()
+    assert {f"{PREFIX}-{v}" for v in ("mlflow-data", "sftp-data", "minio-data")} <= set(volumes)
+    # And the stack comes back with the runs logged before.
+    up = aie("up", "-e", stack["extra"])
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{PORTS['aie_mlflow_port']}")
+    assert client.get_run(logged["notebooks-sftp"]["run_id"]).data.params == {"learning_rate": "0.01"}
+
+
+def test_keys_are_generated_and_not_tracked(stack: dict[str, Any]) -> None:
+    keys: Path = stack["keys"]
+    for name in ("sftp_client_ed25519", "sftp_host_ed25519_key"):
+        assert (keys / name).stat().st_mode & 0o077 == 0
+    known = (keys / "known_hosts").read_text()
+    host_key = (keys / "sftp_host_ed25519_key.pub").read_text().split()[1]
+    assert f"{PREFIX}-sftp" in known and f"[localhost]:{PORTS['aie_sftp_port']}" in known and host_key in known
+    tracked = run(["git", "ls-files", "files/keys"]).stdout.split()
+    assert tracked in ([], ["files/keys/README.md"])
