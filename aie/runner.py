@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
@@ -129,6 +130,11 @@ def run_playbook(
     cancel_callback: Callable[[], bool] = (
         (lambda: cancel.is_set()) if cancel else (lambda: False)
     )
+    # ansible-playbook is installed beside the Python running aie, which need not be on
+    # PATH (ansible-runner looks it up there).
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
     try:
         runner = ansible_runner.run(
             private_data_dir=str(private_dir),

@@ -51,6 +51,7 @@ import logging
 import os
 import posixpath
 import shlex
+import socket
 import stat
 import sys
 import threading
@@ -337,7 +338,12 @@ def _connect(target: SSHTarget) -> _Connection:
             f"IdentityFile {target.identity_file} configured for {target.describe()} does not exist"
         )
     client = paramiko.SSHClient()
+    sock: socket.socket | None = None
     try:
+        sock = socket.create_connection((target.hostname, target.port), timeout=_CONNECT_TIMEOUT)
+        # SSH sends many small packets (kex, auth, SFTP requests); with Nagle's
+        # algorithm each of them can wait ~40 ms for the peer's delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loaded = []
         for path in target.known_hosts_files:
             if os.path.isfile(path):
@@ -354,6 +360,7 @@ def _connect(target: SSHTarget) -> _Connection:
             timeout=_CONNECT_TIMEOUT,
             banner_timeout=_CONNECT_TIMEOUT,
             auth_timeout=_CONNECT_TIMEOUT,
+            sock=sock,
             transport_factory=_transport_factory,
         )
         transport = client.get_transport()
@@ -382,6 +389,8 @@ def _connect(target: SSHTarget) -> _Connection:
         ) from exc
     except BaseException:
         client.close()
+        if sock is not None:
+            sock.close()
         raise
 
 
