@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             remote = env.data_dir
             repo = get_artifact_repository(env.uri(remote / "aie"))
             assert isinstance(repo, SFTPArtifactRepository), type(repo)
+            connections = min(repo.max_workers, args.dir_files)
 
             single_batch = root / "single.batch"
             single_batch.write_text(f'put "{big}" "{remote}/openssh/big.bin"\n')
@@ -172,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             close_connections()
             env.close()
 
-    parallel = os.environ.get(ENV_PARALLEL, "4 (default)")
-    print(f"Upload to a local OpenSSH sshd, best of {args.repeat}; {ENV_PARALLEL}={parallel}; {os.cpu_count()} CPUs")
+    setting = os.environ.get(ENV_PARALLEL, "unset")
+    print(
+        f"Upload to a local OpenSSH sshd, best of {args.repeat}; {os.cpu_count()} CPUs; "
+        f"{ENV_PARALLEL}={setting} -> {connections} parallel connections for the directory"
+    )
     header = (
         f"{'case':<12} {'size':<16} {'aie MiB/s':>10} {'OpenSSH MiB/s':>14} {'aie/OpenSSH':>12} {'target':>8}  result"
     )
