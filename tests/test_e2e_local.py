@@ -175,3 +175,18 @@ def test_keys_are_generated_and_not_tracked(stack: dict[str, Any]) -> None:
     assert f"{PREFIX}-sftp" in known and f"[localhost]:{PORTS['aie_sftp_port']}" in known and host_key in known
     tracked = run(["git", "ls-files", "files/keys"]).stdout.split()
     assert tracked in ([], ["files/keys/README.md"])
+
+
+def test_check_mode_on_a_new_deployment_changes_nothing(stack: dict[str, Any], tmp_path: Path) -> None:
+    # A deployment under another prefix, in check mode: the keys, volumes and containers it
+    # would create are reported, and none of them is created.
+    settings = {"aie_name_prefix": "aiecheck", "aie_keys_dir": str(tmp_path / "keys"), "minio_engine": ENGINE,
+                **{name: port + 1 for name, port in PORTS.items()}}
+    check = aie("up", "--check", "-e", write_vars(tmp_path / "vars.json", settings))
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+    changed = int(re.findall(r"changed=(\d+)", check.stdout)[-1])
+    assert changed > 0
+    assert containers("aiecheck") == []
+    assert not (tmp_path / "keys" / "sftp_client_ed25519").exists()
+    volumes = run(["docker", "volume", "ls", "--format", "{{.Name}}"]).stdout.split()
+    assert not [v for v in volumes if v.startswith("aiecheck-")]
