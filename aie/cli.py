@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -13,7 +14,9 @@ from types import FrameType
 
 from aie.runner import PlaybookResult, find_project_dir, run_playbook
 
-SERVICE_ORDER = ("mlflow", "sftp", "s3", "jupyterlab")
+SERVICE_ORDER = ("mlflow", "sftp", "s3", "jupyterlab", "serving")
+# Services that may rightly be down: nothing is served before a model is registered.
+OPTIONAL_SERVICES = ("serving",)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("--purge", action="store_true", help="also delete the data volumes (asks first)")
     down.add_argument("--yes", action="store_true", help="do not ask before --purge")
     add("status", "show each service's health and URL")
+    serve = add("serve", "serve a registered model (deploy, or update after the alias moved)")
+    serve.add_argument("--model", default="conv-net-digits", help="registered model name (default: %(default)s)")
+    serve.add_argument("--alias", default="champion", help="alias of the version to serve (default: %(default)s)")
+    predict = add("predict", "send a request to the served model and print its answer")
+    predict.add_argument(
+        "--json", type=Path, metavar="FILE",
+        help="request body (MLflow's scoring format, e.g. {\"inputs\": [...]}); default: the model's input example",
+    )
     return parser
 
 
@@ -71,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _fail("not purging: nothing was removed")
             extra += ["-e", "aie_purge=true"]
         return _deploy("playbooks/down.yml", project_dir, inventory, extra, args)
+    if args.command == "serve":
+        extra += ["-e", json.dumps({"serving_model_name": args.model, "serving_model_alias": args.alias,
+                                    "serving_required": True})]
+        return _deploy("playbooks/serving.yml", project_dir, inventory, extra, args)
+    if args.command == "predict":
+        return _predict(project_dir, inventory, extra, args)
     return _status(project_dir, inventory, extra, args)
 
 
@@ -110,13 +127,33 @@ def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse
         for service in SERVICE_ORDER:
             if service in report:
                 entry = report[service]
-                healthy &= bool(entry["healthy"])
-                state = "healthy" if entry["healthy"] else "DOWN"
+                if service in OPTIONAL_SERVICES and not entry["healthy"]:
+                    state = "stopped"
+                else:
+                    healthy &= bool(entry["healthy"])
+                    state = "healthy" if entry["healthy"] else "DOWN"
                 print(f"{service:<11} {state:<8} {entry['url']:<36} ({host})")
     token = project_dir / "files" / "keys" / "secrets" / "jupyterlab_token"
     if token.is_file():
         print(f"JupyterLab token: {token.read_text().split()[0]}")
     return 0 if healthy else 1
+
+
+def _predict(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    if args.json is not None:
+        try:
+            payload = args.json.read_text()
+            json.loads(payload)
+        except (OSError, ValueError) as error:
+            return _fail(f"cannot use {args.json} as a request: {error}")
+        extra += ["-e", json.dumps({"predict_payload": payload})]
+    result = _run("playbooks/predict.yml", project_dir, inventory, extra, args)
+    if not result.ok:
+        return _fail(result.failures[0] if result.failures else "predict failed")
+    for host, report in sorted(result.facts.items()):
+        print(f"# {report['model_uri']} on {host}", file=sys.stderr)
+        print(json.dumps(report["answer"]))
+    return 0
 
 
 def _confirm_purge() -> bool:

@@ -32,18 +32,22 @@ def aie_endpoints(
     hostvars: Mapping[str, Any],
     groups: Mapping[str, list[str]],
 ) -> dict[str, dict[str, Any]]:
-    """Return, for each deployed service, the host and port `client` uses to reach it."""
+    """Return, for each deployed service, the host and port containers on `client` use to
+    reach it, and (`from_host`) the ones processes on the host itself use."""
     endpoints: dict[str, dict[str, Any]] = {}
     for name, service in services.items():
         members = groups.get(service["group"]) or []
         if not members:
             continue
         server = members[0]
+        published = int(service["published_port"])
         if _same_engine(client, server, hostvars):
             host, port = str(service["container"]), int(service["port"])
+            from_host = {"host": "127.0.0.1", "port": published}
         else:
-            host, port = _address(server, hostvars), int(service["published_port"])
-        endpoints[name] = {"server": server, "host": host, "port": port}
+            host, port = _address(server, hostvars), published
+            from_host = {"host": host, "port": port}
+        endpoints[name] = {"server": server, "host": host, "port": port, "from_host": from_host}
     return endpoints
 
 

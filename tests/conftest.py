@@ -7,13 +7,21 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# The end-to-end stack: a prefix and ports of its own, so that a user's stack is left alone.
+PREFIX = "aietest"
+PORTS = {
+    "aie_mlflow_port": 15500, "aie_sftp_port": 12222, "aie_s3_port": 19000,
+    "aie_jupyterlab_port": 18888, "aie_serving_port": 15001,
+}
+ENGINE = os.environ.get("AIE_TEST_S3_ENGINE", "rgw")
 
 
 def run(args: Sequence[str], timeout: float = 1800, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -51,6 +59,27 @@ def write_vars(path: Path, values: dict[str, object]) -> str:
     return f"@{path}"
 
 
+def jupyter_exec(*command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run a command in the JupyterLab container as the user the notebooks run as."""
+    uid = (PROJECT / "notebooks").stat().st_uid
+    home = "/root" if uid == 0 else "/home/aie"
+    return run(["docker", "exec", "-u", str(uid), "-e", f"HOME={home}", f"{PREFIX}-jupyterlab", *command],
+               timeout=timeout)
+
+
 @pytest.fixture(scope="session")
-def project() -> Path:
-    return PROJECT
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    work = tmp_path_factory.mktemp("e2e")
+    keys = work / "keys"
+    settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE, **PORTS}
+    extra = write_vars(work / "vars.json", settings)
+    up = aie("up", "-e", extra)
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        yield {"extra": extra, "keys": keys, "first_up": up}
+    finally:
+        down = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
+        assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
+        assert containers(PREFIX) == []
+
+

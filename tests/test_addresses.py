@@ -29,7 +29,9 @@ def test_one_host_uses_the_docker_network(aie_filters: ModuleType) -> None:
     hostvars = {"localhost": {"ansible_connection": "local"}}
     groups = {"mlflow": ["localhost"], "sftp": ["localhost"], "minio": ["localhost"]}
     endpoints = aie_filters.aie_endpoints(SERVICES, "localhost", hostvars, groups)
-    assert endpoints["sftp"] == {"server": "localhost", "host": "aie-sftp", "port": 22}
+    assert endpoints["sftp"] == {
+        "server": "localhost", "host": "aie-sftp", "port": 22, "from_host": {"host": "127.0.0.1", "port": 2222}
+    }
     assert endpoints["mlflow"]["host"] == "aie-mlflow" and endpoints["mlflow"]["port"] == 5000
 
 
@@ -41,8 +43,11 @@ def test_separate_hosts_use_address_and_published_port(aie_filters: ModuleType) 
     }
     groups = {"mlflow": ["m1"], "sftp": ["s1"], "minio": ["o1"]}
     endpoints = aie_filters.aie_endpoints(SERVICES, "m1", hostvars, groups)
-    assert endpoints["mlflow"] == {"server": "m1", "host": "aie-mlflow", "port": 5000}
-    assert endpoints["sftp"] == {"server": "s1", "host": "10.1.0.11", "port": 2222}
+    assert endpoints["mlflow"]["host"] == "aie-mlflow" and endpoints["mlflow"]["port"] == 5000
+    assert endpoints["mlflow"]["from_host"] == {"host": "127.0.0.1", "port": 5500}
+    assert endpoints["sftp"] == {
+        "server": "s1", "host": "10.1.0.11", "port": 2222, "from_host": {"host": "10.1.0.11", "port": 2222}
+    }
     assert endpoints["s3"]["host"] == "s3.example.org" and endpoints["s3"]["port"] == 9000
     from_sftp = aie_filters.aie_endpoints_of(SERVICES, "sftp", ["m1", "s1"], hostvars, groups)
     assert [e["host"] for e in from_sftp] == ["10.1.0.11", "aie-sftp"]

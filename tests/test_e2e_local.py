@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +17,7 @@ import pytest
 from botocore.config import Config
 from mlflow.tracking import MlflowClient
 
-from conftest import PROJECT, aie, containers, run, write_vars
-
-PREFIX = "aietest"
-PORTS = {"aie_mlflow_port": 15500, "aie_sftp_port": 12222, "aie_s3_port": 19000, "aie_jupyterlab_port": 18888}
-ENGINE = os.environ.get("AIE_TEST_S3_ENGINE", "rgw")
+from conftest import ENGINE, PORTS, PREFIX, aie, containers, jupyter_exec, run, write_vars
 
 LOG_RUNS = r"""
 import hashlib, json, os, tempfile
@@ -47,30 +41,8 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    work = tmp_path_factory.mktemp("e2e")
-    keys = work / "keys"
-    settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE, **PORTS}
-    extra = write_vars(work / "vars.json", settings)
-    up = aie("up", "-e", extra)
-    try:
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        yield {"extra": extra, "keys": keys, "first_up": up}
-    finally:
-        down = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
-        assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
-        assert containers(PREFIX) == []
-
-
-@pytest.fixture(scope="module")
 def logged(stack: dict[str, Any]) -> dict[str, Any]:
-    notebooks = PROJECT / "notebooks"
-    uid = notebooks.stat().st_uid
-    home = "/root" if uid == 0 else "/home/aie"
-    result = run(
-        ["docker", "exec", "-u", str(uid), "-e", f"HOME={home}", f"{PREFIX}-jupyterlab", "python", "-c", LOG_RUNS],
-        timeout=300,
-    )
+    result = jupyter_exec("python", "-c", LOG_RUNS)
     assert result.returncode == 0, result.stderr[-3000:]
     logged: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return logged

@@ -1,0 +1,247 @@
+"""The notebook workflow on the deployed stack: train in JupyterLab with papermill, find the
+run and model in MLflow, load the registered version, serve it, and look at the UIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from botocore.config import Config
+from mlflow.tracking import MlflowClient
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from conftest import PORTS, PREFIX, PROJECT, aie, jupyter_exec, run
+
+NOTEBOOK = "/home/aie/work/conv-net-in-keras.ipynb"
+MODEL = "conv-net-digits"
+EPOCHS = 6
+EXPERIMENTS = ("notebooks-sftp", "notebooks-s3")
+ARTIFACTS = PROJECT / "test-artifacts"
+MLFLOW = f"http://127.0.0.1:{PORTS['aie_mlflow_port']}"
+
+
+def papermill(experiment: str, **parameters: object) -> tuple[int, list[str], float]:
+    """Execute the notebook in the JupyterLab container; return papermill's exit code, the
+    text the notebook printed, and the wall time."""
+    out = f"/tmp/aie-{experiment}-{uuid.uuid4().hex[:8]}.ipynb"
+    args = ["papermill", "--no-progress-bar", NOTEBOOK, out, "-p", "experiment", experiment,
+            "-p", "epochs", str(EPOCHS), "-p", "model_name", MODEL]
+    for name, value in parameters.items():
+        args += ["-p", name, str(value)]
+    started = time.perf_counter()
+    executed = jupyter_exec(*args, timeout=900)
+    seconds = time.perf_counter() - started
+    notebook = json.loads(jupyter_exec("cat", out).stdout)
+    outputs = [output for cell in notebook["cells"] if cell["cell_type"] == "code" for output in cell.get("outputs", [])]
+    printed = [line for output in outputs if output.get("output_type") == "stream"
+               for line in "".join(output["text"]).splitlines()]
+    # An error's traceback (without terminal colours) closes the text, to explain a failure.
+    printed += [re.sub(r"\x1b\[[0-9;]*m", "", line) for output in outputs if output.get("output_type") == "error"
+                for line in output["traceback"][-3:]]
+    return executed.returncode, printed, seconds
+
+
+def sample_inputs() -> np.ndarray:
+    """The ten test images the notebook predicts, split the same way (seed 7)."""
+    digits = load_digits()
+    images = (digits.images.astype("float32") / 16.0)[..., None]
+    _, x_test, _, _ = train_test_split(images, digits.target, test_size=0.25, random_state=7, stratify=digits.target)
+    return np.asarray(x_test[:10])
+
+
+@pytest.fixture(scope="module")
+def trained(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    for experiment in EXPERIMENTS:
+        code, printed, seconds = papermill(experiment)
+        assert code == 0, "\n".join(printed[-40:])
+        lines = [line for line in printed if line.startswith("AIE_RESULT ")]
+        assert len(lines) == 1, "\n".join(printed[-40:])
+        results[experiment] = {**json.loads(lines[0].removeprefix("AIE_RESULT ")), "wall_seconds": seconds}
+    print("notebook results:", json.dumps(results))
+    return results
+
+
+@pytest.fixture(scope="module")
+def client() -> MlflowClient:
+    return MlflowClient(tracking_uri=MLFLOW, registry_uri=MLFLOW)
+
+
+def test_each_run_has_every_metric_of_every_epoch(trained: dict[str, dict[str, Any]], client: MlflowClient) -> None:
+    for experiment, result in trained.items():
+        run_data = client.get_run(result["run_id"])
+        assert client.get_experiment(run_data.info.experiment_id).name == experiment
+        assert run_data.info.status == "FINISHED"
+        assert run_data.data.params["epochs"] == str(EPOCHS)
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            steps = sorted(m.step for m in client.get_metric_history(result["run_id"], metric))
+            assert steps == list(range(EPOCHS)), metric
+        # A small CNN on the digits reaches high accuracy; a broken pipeline does not.
+        assert result["test_accuracy"] > 0.9
+
+
+def test_model_files_are_in_the_experiments_store(
+    stack: dict[str, Any], trained: dict[str, dict[str, Any]], client: MlflowClient
+) -> None:
+    # MLflow 3 keeps a logged model's files under <experiment location>/models/<model id>,
+    # and links the model to the run that logged it.
+    for experiment, result in trained.items():
+        model = client.get_logged_model(result["model_id"])
+        assert model.source_run_id == result["run_id"]
+        prefix = f"{experiment}/models/{result['model_id']}/artifacts"
+        if experiment == "notebooks-sftp":
+            assert model.artifact_location == f"sftp://{PREFIX}-sftp/artifacts/{prefix}"
+            listing = run(["docker", "run", "--rm", "-v", f"{PREFIX}-sftp-data:/data:ro", "--entrypoint", "ls",
+                           "aie/common:latest", f"/data/{prefix}"], timeout=120)
+            assert listing.returncode == 0, listing.stderr
+            names = set(listing.stdout.split())
+        else:
+            assert model.artifact_location == f"s3://ai-models/{prefix}"
+            secrets = stack["keys"] / "secrets"
+            s3 = boto3.client(
+                "s3", endpoint_url=f"http://127.0.0.1:{PORTS['aie_s3_port']}", region_name="us-east-1",
+                aws_access_key_id=(secrets / "s3_access_key").read_text().split()[0],
+                aws_secret_access_key=(secrets / "s3_secret_key").read_text().split()[0],
+                config=Config(s3={"addressing_style": "path"}),
+            )
+            objects = s3.list_objects_v2(Bucket="ai-models", Prefix=prefix + "/")["Contents"]
+            names = {obj["Key"][len(prefix) + 1:].split("/")[0] for obj in objects}
+        assert {"MLmodel", "serving_input_example.json"} <= names, names
+
+
+def test_registered_versions_load_and_predict_like_the_notebook(
+    trained: dict[str, dict[str, Any]], client: MlflowClient
+) -> None:
+    versions = {e: r["model_version"] for e, r in trained.items()}
+    assert client.get_model_version_by_alias(MODEL, "champion").version == versions["notebooks-s3"]
+    script = (
+        "import json, sys, numpy as np, mlflow\n"
+        "x = np.asarray(json.loads(sys.stdin.read()), dtype='float32')\n"
+        "out = {}\n"
+        "for uri in sys.argv[1:]:\n"
+        "    out[uri] = mlflow.pyfunc.load_model(uri).predict(x).argmax(axis=1).tolist()\n"
+        "print(json.dumps(out))\n"
+    )
+    uris = [f"models:/{MODEL}/{v}" for v in versions.values()] + [f"models:/{MODEL}@champion"]
+    loaded = run(["docker", "exec", "-i", f"{PREFIX}-jupyterlab", "python", "-c", script, *uris],
+                 input=json.dumps(sample_inputs().tolist()), timeout=600)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    predictions = json.loads(loaded.stdout.strip().splitlines()[-1])
+    for experiment, version in versions.items():
+        assert predictions[f"models:/{MODEL}/{version}"] == trained[experiment]["sample_predictions"]
+    assert predictions[f"models:/{MODEL}@champion"] == trained["notebooks-s3"]["sample_predictions"]
+
+
+def served_predictions(stack: dict[str, Any], tmp_path: Path) -> list[int]:
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"inputs": sample_inputs().tolist()}))
+    answer = aie("predict", "--json", str(request), "-e", stack["extra"], timeout=300)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    return np.asarray(json.loads(answer.stdout)["predictions"]).argmax(axis=1).tolist()
+
+
+def served_version() -> str:
+    env = run(["docker", "inspect", "--format", "{{json .Config.Env}}", f"{PREFIX}-serving"]).stdout
+    return next(v.split("=", 1)[1] for v in json.loads(env) if v.startswith("AIE_MODEL_VERSION="))
+
+
+def test_the_served_model_answers_and_follows_the_alias(
+    stack: dict[str, Any], trained: dict[str, dict[str, Any]], client: MlflowClient, tmp_path: Path
+) -> None:
+    serve = aie("serve", "-e", stack["extra"])
+    assert serve.returncode == 0, serve.stdout[-3000:] + serve.stderr[-3000:]
+    assert served_version() == trained["notebooks-s3"]["model_version"]
+    assert served_predictions(stack, tmp_path) == trained["notebooks-s3"]["sample_predictions"]
+    # The model's own input example, when no request is given.
+    example = aie("predict", "-e", stack["extra"], timeout=300)
+    assert example.returncode == 0, example.stdout + example.stderr
+    assert len(json.loads(example.stdout)["predictions"]) == 2
+
+    # Move the alias to the other version: serving it takes one `aie serve`.
+    client.set_registered_model_alias(MODEL, "champion", trained["notebooks-sftp"]["model_version"])
+    again = aie("serve", "-e", stack["extra"])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert served_version() == trained["notebooks-sftp"]["model_version"]
+    assert served_predictions(stack, tmp_path) == trained["notebooks-sftp"]["sample_predictions"]
+    unchanged = aie("serve", "-e", stack["extra"])
+    assert "changed=0" in unchanged.stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--model", "no-such-model"], "Unknown model no-such-model"),
+     (["--alias", "no-such-alias"], f"Model {MODEL} has no alias no-such-alias")],
+)
+def test_serving_an_unknown_model_or_alias_fails_clearly(
+    stack: dict[str, Any], trained: dict[str, dict[str, Any]], option: list[str], message: str
+) -> None:
+    result = aie("serve", *option, "-e", stack["extra"], timeout=300)
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_a_notebook_failing_mid_training_leaves_a_failed_run(
+    trained: dict[str, dict[str, Any]], client: MlflowClient
+) -> None:
+    code, printed, _ = papermill("notebooks-sftp", fail_after_epoch=2)
+    assert code != 0
+    run_ids = [m.group(1) for line in printed if (m := re.match(r"run (\w+) in experiment", line))]
+    assert len(run_ids) == 1, printed
+    failed = client.get_run(run_ids[0])
+    assert failed.info.status == "FAILED"
+    assert len(client.get_metric_history(run_ids[0], "loss")) == 2
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not found:
+        if os.environ.get("AIE_REQUIRE_BROWSER"):
+            pytest.fail("no Chromium on this machine (scripts/bootstrap installs Debian's chromium)")
+        pytest.skip("no Chromium on this machine (scripts/bootstrap installs Debian's chromium)")
+    return found
+
+
+def browse(url: str, screenshot: str) -> str:
+    """Render url in headless Chromium; keep a screenshot; return the rendered DOM."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    common = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--window-size=1400,900", "--virtual-time-budget=15000"]
+    with_profile = lambda: [f"--user-data-dir=/tmp/aie-chromium-{uuid.uuid4().hex}"]  # noqa: E731
+    shot = run([*common, *with_profile(), f"--screenshot={ARTIFACTS / screenshot}", url], timeout=180)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    assert (ARTIFACTS / screenshot).stat().st_size > 10_000
+    dom = run([*common, *with_profile(), "--dump-dom", url], timeout=180)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout
+
+
+def test_the_mlflow_ui_shows_the_experiment_and_the_run(
+    trained: dict[str, dict[str, Any]], client: MlflowClient
+) -> None:
+    result = trained["notebooks-s3"]
+    experiment_id = client.get_run(result["run_id"]).info.experiment_id
+    run_name = client.get_run(result["run_id"]).info.run_name
+    dom = browse(f"{MLFLOW}/#/experiments/{experiment_id}/runs/{result['run_id']}", "mlflow-run.png")
+    assert run_name in dom
+    dom = browse(f"{MLFLOW}/#/experiments/{experiment_id}", "mlflow-experiment.png")
+    assert "notebooks-s3" in dom
+
+
+def test_jupyterlab_opens_with_its_token(stack: dict[str, Any], trained: dict[str, dict[str, Any]]) -> None:
+    token = (stack["keys"] / "secrets" / "jupyterlab_token").read_text().split()[0]
+    port = PORTS["aie_jupyterlab_port"]
+    dom = browse(f"http://127.0.0.1:{port}/lab/tree/conv-net-in-keras.ipynb?token={token}", "jupyterlab.png")
+    assert "conv-net-in-keras.ipynb" in dom
+    refused = browse(f"http://127.0.0.1:{port}/lab?token=wrong-token", "jupyterlab-wrong-token.png")
+    assert "conv-net-in-keras.ipynb" not in refused
