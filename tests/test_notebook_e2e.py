@@ -42,7 +42,8 @@ def papermill(experiment: str, **parameters: object) -> tuple[int, list[str], fl
     executed = jupyter_exec(*args, timeout=900)
     seconds = time.perf_counter() - started
     notebook = json.loads(jupyter_exec("cat", out).stdout)
-    outputs = [output for cell in notebook["cells"] if cell["cell_type"] == "code" for output in cell.get("outputs", [])]
+    cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    outputs = [output for cell in cells for output in cell.get("outputs", [])]
     printed = [line for output in outputs if output.get("output_type") == "stream"
                for line in "".join(output["text"]).splitlines()]
     # An error's traceback (without terminal colours) closes the text, to explain a failure.
