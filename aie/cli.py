@@ -104,7 +104,8 @@ def _run(
     try:
         return run_playbook(
             playbook, project_dir=project_dir, inventory=inventory, extra_args=extra,
-            limit=args.limit, verbose=args.verbose, cancel=cancel,
+            # Progress goes to stderr: stdout carries results (status, predictions).
+            limit=args.limit, verbose=args.verbose, cancel=cancel, out=sys.stderr,
         )
     finally:
         signal.signal(signal.SIGINT, previous)
