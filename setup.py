@@ -30,6 +30,8 @@ setup(
             "types-paramiko",
             "ansible-lint>=24",
             "yamllint>=1.35",
+            "molecule>=25",
+            "molecule-plugins[docker]>=23",
         ],
     },
     entry_points={
