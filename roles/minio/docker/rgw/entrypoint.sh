@@ -5,12 +5,25 @@ set -eu
 : "${S3_SECRET_KEY:?S3_SECRET_KEY is not set}"
 set -- --no-mon-config --rgw-backend-store dbstore --rgw-config-store dbstore \
        --dbstore-db-dir /var/lib/aie-s3
-if ! radosgw-admin "$@" user info --uid=aie >/dev/null 2>&1; then
-    radosgw-admin "$@" user create --uid=aie --display-name=aie \
-        --access-key="$S3_ACCESS_KEY" --secret="$S3_SECRET_KEY" >/dev/null
-else
+
+# radosgw-admin (Ceph 18) now and then hangs while it first sets up its SQLite config
+# store; a bounded wait and another try get past it.
+admin() {
+    for attempt in 1 2 3 4 5; do
+        rc=0
+        timeout 30 radosgw-admin "$@" >/dev/null 2>&1 || rc=$?
+        [ "$rc" = 124 ] || return "$rc"
+        echo "aie: radosgw-admin timed out (try $attempt), trying again" >&2
+    done
+    return 124
+}
+
+if admin "$@" user info --uid=aie; then
     # Credentials given anew (from Ansible Vault, say) replace the user's key.
-    radosgw-admin "$@" key create --uid=aie --key-type=s3 \
-        --access-key="$S3_ACCESS_KEY" --secret="$S3_SECRET_KEY" >/dev/null
+    admin "$@" key create --uid=aie --key-type=s3 \
+        --access-key="$S3_ACCESS_KEY" --secret="$S3_SECRET_KEY"
+else
+    admin "$@" user create --uid=aie --display-name=aie \
+        --access-key="$S3_ACCESS_KEY" --secret="$S3_SECRET_KEY"
 fi
 exec radosgw -f "$@" --rgw-frontends "beast port=9000" --log-to-stderr=true --err-to-stderr=true --log-file=
