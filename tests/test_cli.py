@@ -45,9 +45,11 @@ def test_an_unreachable_host_fails_with_one_line_naming_it(tmp_path: Path) -> No
 def test_a_failed_task_is_reported_with_its_message(tmp_path: Path) -> None:
     result = aie("up", "-e", "aie_s3_secret_key=minioadmin", "-e", f"aie_keys_dir={tmp_path}", timeout=300)
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith("aie: error: task 'Check aie_s3_secret_key' failed on localhost:")
+    # Progress goes to stderr too; the error is one line, the last one.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("aie: error:")]
+    assert len(errors) == 1
+    assert errors[0] == result.stderr.strip().splitlines()[-1]
+    assert errors[0].startswith("aie: error: task 'Check aie_s3_secret_key' failed on localhost:")
 
 
 def test_progress_names_plays_and_changes(tmp_path: Path) -> None:
