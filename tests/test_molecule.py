@@ -13,7 +13,7 @@ import pytest
 
 from conftest import BIN, PROJECT, ansible_playbook, run
 
-SCENARIOS = ["sftp", "minio", "mlflow", "jupyterlab", "multihost"]
+SCENARIOS = ["prerequisites", "sftp", "minio", "mlflow", "jupyterlab", "multihost"]
 
 
 @pytest.fixture(scope="module")
