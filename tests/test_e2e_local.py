@@ -131,11 +131,14 @@ def test_down_keeps_the_data_volumes(stack: dict[str, Any], logged: dict[str, An
     assert containers(PREFIX) == []
     volumes = run(["docker", "volume", "ls", "--format", "{{.Name}}"]).stdout.split()
     assert {f"{PREFIX}-{v}" for v in ("mlflow-data", "sftp-data", "minio-data")} <= set(volumes)
-    # And the stack comes back with the runs logged before.
+    # And the stack comes back, its containers re-created, with everything logged before:
+    # runs, and artifacts in both stores.
     up = aie("up", "-e", stack["extra"])
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"http://127.0.0.1:{PORTS['aie_mlflow_port']}")
     assert client.get_run(logged["notebooks-sftp"]["run_id"]).data.params == {"learning_rate": "0.01"}
+    test_s3_artifact_is_in_the_bucket(stack, logged)
+    test_sftp_artifact_is_in_the_sftp_volume(logged)
 
 
 def test_keys_are_generated_and_not_tracked(stack: dict[str, Any]) -> None:
