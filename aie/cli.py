@@ -14,7 +14,7 @@ from types import FrameType
 
 from aie.runner import PlaybookResult, find_project_dir, run_playbook
 
-SERVICE_ORDER = ("mlflow", "sftp", "s3", "jupyterlab", "serving")
+SERVICE_ORDER = ("mlflow", "sftp", "s3", "jupyterlab", "serving", "backup_server")
 # Services that may rightly be down: nothing is served before a model is registered.
 OPTIONAL_SERVICES = ("serving",)
 
@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         "--json", type=Path, metavar="FILE",
         help="request body (MLflow's scoring format, e.g. {\"inputs\": [...]}); default: the model's input example",
     )
+    add("backup", "back up every data volume now (all hosts, or --limit)")
+    add("snapshots", "list the backups")
+    restore = add("restore", "restore the data volumes from the backups and start the services again")
+    restore.add_argument("--snapshot", metavar="ID", help="snapshot to restore (default: each host's latest)")
+    restore.add_argument("--force", action="store_true", help="replace volumes that hold data (refused otherwise)")
     return parser
 
 
@@ -88,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _deploy("playbooks/serving.yml", project_dir, inventory, extra, args)
     if args.command == "predict":
         return _predict(project_dir, inventory, extra, args)
+    if args.command == "backup":
+        return _backup(project_dir, inventory, extra, args)
+    if args.command == "snapshots":
+        return _snapshots(project_dir, inventory, extra, args)
+    if args.command == "restore":
+        extra += ["-e", json.dumps({"backup_snapshot": args.snapshot or "", "backup_force": args.force})]
+        return _restore(project_dir, inventory, extra, args)
     return _status(project_dir, inventory, extra, args)
 
 
@@ -133,7 +145,7 @@ def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse
                 else:
                     healthy &= bool(entry["healthy"])
                     state = "healthy" if entry["healthy"] else "DOWN"
-                print(f"{service:<11} {state:<8} {entry['url']:<36} ({host})")
+                print(f"{service:<13} {state:<8} {entry['url']:<36} ({host})")
     token = project_dir / "files" / "keys" / "secrets" / "jupyterlab_token"
     if token.is_file():
         print(f"JupyterLab token: {token.read_text().split()[0]}")
@@ -155,6 +167,55 @@ def _predict(project_dir: Path, inventory: Path, extra: list[str], args: argpars
         print(f"# {report['model_uri']} on {host}", file=sys.stderr)
         print(json.dumps(report["answer"]))
     return 0
+
+
+def _backup(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    result = _run("playbooks/backup.yml", project_dir, inventory, extra, args)
+    if not result.ok:
+        return _fail(result.failures[0] if result.failures else "backup failed")
+    for host, report in sorted(result.facts.items()):
+        done = report["backup"]
+        print(f"{host}: snapshot {str(done['snapshot'])[:8]}, {done['files']} files, "
+              f"{_size(done['bytes'])} read, {_size(done['added_bytes'])} added, {done['seconds']} s")
+    return 0
+
+
+def _snapshots(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    result = _run("playbooks/snapshots.yml", project_dir, inventory, extra, args)
+    if not result.ok:
+        return _fail(result.failures[0] if result.failures else "snapshots failed")
+    # Hosts that share a repository list the same snapshots.
+    found = {snap["id"]: snap for report in result.facts.values() for snap in report["snapshots"]}
+    print(f"{'ID':<9} {'TIME (UTC)':<20} {'HOST':<20} {'SIZE':>10}")
+    for snap in sorted(found.values(), key=lambda snap: str(snap["time"])):
+        size = (snap.get("summary") or {}).get("total_bytes_processed")
+        when = str(snap["time"])[:19].replace("T", " ")
+        print(f"{snap['short_id']:<9} {when:<20} {snap['hostname']:<20} {_size(size):>10}")
+    return 0
+
+
+def _restore(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    result = _run("playbooks/restore.yml", project_dir, inventory, extra, args)
+    if not result.ok:
+        return _fail(result.failures[0] if result.failures else "restore failed")
+    for host, report in sorted(result.facts.items()):
+        done = report.get("restore")
+        if done:
+            print(f"{host}: restored {', '.join(done['volumes'])} from snapshot {done['snapshot'][:8]} "
+                  f"in {done['seconds']} s")
+    print(f"aie: playbooks/restore.yml done, changed={result.changed}")
+    return 0
+
+
+def _size(count: object) -> str:
+    if not isinstance(count, int):
+        return "-"
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def _confirm_purge() -> bool:

@@ -101,15 +101,16 @@ def _message(res: dict[str, Any]) -> str:
     """The most telling one-line message of a failed result."""
     if res.get("censored"):
         return "details hidden because the task handles secrets (no_log)"
-    for key in ("msg", "stderr", "module_stderr", "reason"):
-        value = res.get(key)
-        if value:
-            return " ".join(str(value).split())
+    # A loop's own message ("One or more items failed") says less than its failed item's.
     results = res.get("results")
     if isinstance(results, list):
         for item in results:
             if isinstance(item, dict) and item.get("failed"):
                 return _message(item)
+    for key in ("msg", "stderr", "module_stderr", "reason"):
+        value = res.get(key)
+        if value:
+            return " ".join(str(value).split())
     return "no message"
 
 

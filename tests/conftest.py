@@ -59,19 +59,24 @@ def write_vars(path: Path, values: dict[str, object]) -> str:
     return f"@{path}"
 
 
-def jupyter_exec(*command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run a command in the JupyterLab container as the user the notebooks run as."""
+def in_jupyterlab(*command: str) -> list[str]:
+    """`docker exec` of a command in the JupyterLab container as the user the notebooks run as."""
     uid = (PROJECT / "notebooks").stat().st_uid
     home = "/root" if uid == 0 else "/home/aie"
-    return run(["docker", "exec", "-u", str(uid), "-e", f"HOME={home}", f"{PREFIX}-jupyterlab", *command],
-               timeout=timeout)
+    return ["docker", "exec", "-i", "-u", str(uid), "-e", f"HOME={home}", f"{PREFIX}-jupyterlab", *command]
+
+
+def jupyter_exec(*command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run a command in the JupyterLab container as the user the notebooks run as."""
+    return run(in_jupyterlab(*command), timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("e2e")
     keys = work / "keys"
-    settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE, **PORTS}
+    settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE,
+                "aie_backup_local_path": str(work / "backups"), **PORTS}
     extra = write_vars(work / "vars.json", settings)
     # The test prefix belongs to the tests: containers and volumes left by an interrupted
     # earlier run (with other generated credentials) are removed first.
@@ -82,7 +87,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     up = aie("up", "-e", extra)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        yield {"extra": extra, "keys": keys, "first_up": up}
+        yield {"extra": extra, "keys": keys, "first_up": up, "backups": work / "backups"}
     finally:
         down = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
         assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]

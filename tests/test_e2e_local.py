@@ -50,7 +50,7 @@ def logged(stack: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_container_runs(stack: dict[str, Any]) -> None:
     names = set(containers(PREFIX))
-    assert names == {f"{PREFIX}-{name}" for name in ("mlflow", "sftp", "minio", "jupyterlab")}
+    assert names == {f"{PREFIX}-{name}" for name in ("mlflow", "sftp", "minio", "jupyterlab", "backup")}
 
 
 def test_sftp_artifact_is_in_the_sftp_volume(logged: dict[str, Any]) -> None:

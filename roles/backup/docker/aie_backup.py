@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""aie-backup: back up, list and restore this host's data volumes with restic.
+
+Runs inside the backup container. Its settings come from /etc/aie/backup.json (written by
+the backup role); the volumes are mounted at /volumes/<name>.
+
+    aie-backup init                    create the repository unless it exists
+    aie-backup backup                  one consistent snapshot of every volume, then
+                                       retention (forget --prune) and `restic check`
+    aie-backup snapshots               the snapshots of this deployment, as JSON
+    aie-backup occupied                the volumes that hold data, as JSON
+    aie-backup restore SNAPSHOT [--force]
+
+Consistency: SQLite databases (MLflow's backend store, the RADOS Gateway's object store) are
+copied with SQLite's online backup API into /stage/<volume>/ and the live files are left out
+of the snapshot; containers listed under "quiesce" (an object store that keeps its data in
+plain files) are paused while restic reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+CONFIG = Path(os.environ.get("AIE_BACKUP_CONFIG", "/etc/aie/backup.json"))
+VOLUMES = Path("/volumes")
+STAGE = Path("/stage")
+SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
+
+
+class BackupError(Exception):
+    """A failure with a message meant for the person running the backup."""
+
+
+def log(message: str) -> None:
+    print(f"aie-backup: {message}", file=sys.stderr, flush=True)
+
+
+def load_config() -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(CONFIG.read_text())
+    return config
+
+
+def restic_env(config: dict[str, Any]) -> dict[str, str]:
+    env = dict(os.environ, RESTIC_REPOSITORY=config["repository"], RESTIC_PASSWORD_FILE=config["password_file"])
+    env.setdefault("RESTIC_CACHE_DIR", "/var/cache/restic")
+    return env
+
+
+def restic(config: dict[str, Any], *args: str, capture: bool = True) -> subprocess.CompletedProcess[str]:
+    command = ["restic", *config.get("options", []), *args]
+    result = subprocess.run(command, env=restic_env(config), capture_output=capture, text=True, check=False)
+    if result.returncode != 0:
+        detail = (result.stderr or "").strip().splitlines()
+        raise BackupError(f"restic {args[0]} failed ({result.returncode}): {' | '.join(detail[-5:])}")
+    return result
+
+
+def repository_exists(config: dict[str, Any]) -> bool:
+    command = ["restic", *config.get("options", []), "cat", "config"]
+    result = subprocess.run(command, env=restic_env(config), capture_output=True, text=True, check=False)
+    # restic 0.17+ exits with 10 when there is no repository at the location.
+    if result.returncode == 0:
+        return True
+    if result.returncode == 10 or "does not exist" in result.stderr or "unable to open config" in result.stderr:
+        return False
+    raise BackupError(f"cannot reach the backup repository: {result.stderr.strip().splitlines()[-1:]}")
+
+
+def init(config: dict[str, Any]) -> None:
+    if repository_exists(config):
+        print(json.dumps({"created": False}))
+        return
+    restic(config, "init")
+    print(json.dumps({"created": True}))
+
+
+def is_sqlite(path: Path) -> bool:
+    if not path.is_file() or path.is_symlink() or path.name.endswith(SQLITE_SIDE_FILES):
+        return False
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
+def databases(volume: Path) -> Iterator[Path]:
+    for root, _dirs, files in os.walk(volume):
+        for name in files:
+            path = Path(root) / name
+            if is_sqlite(path):
+                yield path
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """A consistent copy of a live database, through SQLite's online backup API."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    with sqlite3.connect(source, timeout=60) as live, sqlite3.connect(target) as copy:
+        live.backup(copy)
+        (check,) = copy.execute("PRAGMA quick_check").fetchone()
+    if check != "ok":
+        raise BackupError(f"the copy of {source} fails SQLite's check: {check}")
+    info = source.stat()
+    os.chown(target, info.st_uid, info.st_gid)
+    os.chmod(target, info.st_mode & 0o7777)
+
+
+def glob_escape(path: Path) -> str:
+    return "".join(f"\\{c}" if c in "[]*?\\" else c for c in str(path))
+
+
+class DockerAPI:
+    """Pause and unpause containers through the Docker socket.
+
+    Written by hand on purpose: two POST requests do not justify the Docker SDK (and a
+    virtualenv) or the Docker CLI in this image.
+    """
+
+    def __init__(self, path: str = "/var/run/docker.sock") -> None:
+        self.path = path
+
+    def post(self, endpoint: str) -> None:
+        connection = http.client.HTTPConnection("localhost", timeout=60)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self.path)
+        connection.sock = sock
+        try:
+            connection.request("POST", endpoint)
+            response = connection.getresponse()
+            body = response.read().decode(errors="replace")
+        finally:
+            connection.close()
+        if response.status not in (204, 304):
+            raise BackupError(f"Docker refused {endpoint}: {response.status} {body.strip()}")
+
+    def pause(self, container: str) -> None:
+        self.post(f"/containers/{urllib.parse.quote(container)}/pause")
+
+    def unpause(self, container: str) -> None:
+        self.post(f"/containers/{urllib.parse.quote(container)}/unpause")
+
+
+def backup(config: dict[str, Any]) -> None:
+    started = time.monotonic()
+    volumes = [VOLUMES / name for name in config["volumes"]]
+    missing = [str(v) for v in volumes if not v.is_dir()]
+    if missing:
+        raise BackupError(f"volumes not mounted: {', '.join(missing)}")
+    if not repository_exists(config):
+        restic(config, "init")
+    shutil.rmtree(STAGE, ignore_errors=True)
+    excludes: list[str] = []
+    copied: list[str] = []
+    for volume in volumes:
+        (STAGE / volume.name).mkdir(parents=True)
+        for database in databases(volume):
+            copy_database(database, STAGE / volume.name / database.relative_to(volume))
+            copied.append(str(database))
+            excludes += [glob_escape(database)] + [glob_escape(database) + s for s in SQLITE_SIDE_FILES]
+    exclude_file = Path("/tmp/aie-backup-excludes")
+    exclude_file.write_text("".join(f"{line}\n" for line in excludes))
+    docker = DockerAPI()
+    paused: list[str] = []
+    try:
+        for container in config.get("quiesce", []):
+            docker.pause(container)
+            paused.append(container)
+        result = restic(
+            config, "backup", "--json", "--host", config["host"], "--tag", config["tag"],
+            "--exclude-file", str(exclude_file), *map(str, volumes), str(STAGE),
+        )
+    finally:
+        for container in paused:
+            docker.unpause(container)
+    summary = next(
+        (m for m in map(json.loads, result.stdout.splitlines()) if m.get("message_type") == "summary"), {}
+    )
+    keep = config["keep"]
+    restic(
+        config, "forget", "--retry-lock", "10m", "--host", config["host"], "--tag", config["tag"],
+        "--keep-daily", str(keep["daily"]), "--keep-weekly", str(keep["weekly"]),
+        "--keep-monthly", str(keep["monthly"]), "--prune",
+    )
+    restic(config, "check", "--retry-lock", "10m")
+    print(json.dumps({
+        "snapshot": summary.get("snapshot_id"),
+        "files": summary.get("total_files_processed"),
+        "bytes": summary.get("total_bytes_processed"),
+        "added_bytes": summary.get("data_added"),
+        "databases": copied,
+        "seconds": round(time.monotonic() - started, 1),
+    }))
+
+
+def snapshots(config: dict[str, Any]) -> None:
+    if not repository_exists(config):
+        print("[]")
+        return
+    result = restic(config, "snapshots", "--json", "--tag", config["tag"])
+    print(json.dumps(json.loads(result.stdout or "[]")))
+
+
+def occupied(config: dict[str, Any]) -> list[str]:
+    return [name for name in config["volumes"] if any((VOLUMES / name).iterdir())]
+
+
+def restore(config: dict[str, Any], snapshot: str, force: bool) -> None:
+    started = time.monotonic()
+    listed = json.loads(restic(config, "snapshots", "--json", snapshot).stdout or "[]")
+    if not listed:
+        raise BackupError(f"no snapshot {snapshot} in the repository")
+    paths = set(listed[0]["paths"])
+    absent = [name for name in config["volumes"] if str(VOLUMES / name) not in paths]
+    if absent:
+        raise BackupError(f"snapshot {snapshot} holds no copy of {', '.join(absent)}")
+    full = occupied(config)
+    if full and not force:
+        raise BackupError(f"volumes hold data: {', '.join(full)}; restore with --force to replace it")
+    for name in full:
+        for entry in (VOLUMES / name).iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    shutil.rmtree(STAGE, ignore_errors=True)
+    includes: list[str] = []
+    for name in config["volumes"]:
+        includes += ["--include", glob_escape(VOLUMES / name), "--include", glob_escape(STAGE / name)]
+    restic(config, "restore", listed[0]["id"], "--target", "/", *includes)
+    databases = 0
+    for name in config["volumes"]:
+        staged = STAGE / name
+        for copy in (p for p in staged.rglob("*") if p.is_file()):
+            target = VOLUMES / name / copy.relative_to(staged)
+            for suffix in SQLITE_SIDE_FILES:
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(copy, target)
+            info = copy.stat()
+            os.chown(target, info.st_uid, info.st_gid)
+            with sqlite3.connect(target) as db:
+                (check,) = db.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise BackupError(f"the restored {target} fails SQLite's check: {check}")
+            databases += 1
+    print(json.dumps({
+        "snapshot": listed[0]["id"], "volumes": config["volumes"], "databases": databases,
+        "seconds": round(time.monotonic() - started, 1),
+    }))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aie-backup", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("init")
+    commands.add_parser("backup")
+    commands.add_parser("snapshots")
+    commands.add_parser("occupied")
+    restore_parser = commands.add_parser("restore")
+    restore_parser.add_argument("snapshot")
+    restore_parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    config = load_config()
+    try:
+        if args.command == "init":
+            init(config)
+        elif args.command == "backup":
+            backup(config)
+        elif args.command == "snapshots":
+            snapshots(config)
+        elif args.command == "occupied":
+            print(json.dumps(occupied(config)))
+        else:
+            restore(config, args.snapshot, args.force)
+    except BackupError as error:
+        log(f"error: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

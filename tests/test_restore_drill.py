@@ -1,0 +1,255 @@
+"""Backups, restore drills and faults on the deployed single-host stack.
+
+The drill logs runs with parameters, metrics and artifacts in both experiments (SFTP and
+S3), backs up with `aie backup`, removes the data volumes, restores with `aie restore` and
+checks, through MLflow, that every run, parameter, metric step and artifact byte is back.
+The tests run in file order: each builds on the state the one before left.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from conftest import PORTS, PREFIX, aie, in_jupyterlab, jupyter_exec, run
+
+VOLUMES = [f"{PREFIX}-{name}" for name in ("mlflow-data", "sftp-data", "minio-data")]
+
+LOG_DRILL_RUNS = r"""
+import json, os, sys, tempfile
+import mlflow
+runs_per_experiment = int(sys.argv[1])
+ids = []
+for name in ("notebooks-sftp", "notebooks-s3"):
+    mlflow.set_experiment(name)
+    for index in range(runs_per_experiment):
+        with mlflow.start_run() as run:
+            mlflow.log_params({"learning_rate": 0.01 * (index + 1), "batch_size": 32, "optimizer": "adam",
+                               "index": index})
+            for step in range(5):
+                mlflow.log_metrics({"loss": 1.0 / (step + 1 + index), "accuracy": step / 5}, step=step)
+            folder = tempfile.mkdtemp()
+            for file_name, size in (("weights.bin", 200_000 + index * 1000), ("summary.txt", 1000)):
+                with open(os.path.join(folder, file_name), "wb") as handle:
+                    handle.write(os.urandom(size))
+            mlflow.log_artifacts(folder, artifact_path="model")
+            ids.append(run.info.run_id)
+print(json.dumps(ids))
+"""
+
+# Everything MLflow serves about the given runs, artifacts as checksums of what it downloads.
+DIGEST = r"""
+import hashlib, json, os, sys, tempfile
+import mlflow
+from mlflow.tracking import MlflowClient
+client = MlflowClient()
+state = {}
+for run_id in json.loads(sys.argv[1]):
+    run = client.get_run(run_id)
+    metrics = {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+               for key in run.data.metrics}
+    folder = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=tempfile.mkdtemp())
+    artifacts = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                artifacts[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
+    state[run_id] = {"experiment": client.get_experiment(run.info.experiment_id).name,
+                     "status": run.info.status, "params": run.data.params, "metrics": metrics,
+                     "artifacts": artifacts, "bytes": sum(os.path.getsize(os.path.join(r, f))
+                                                          for r, _, fs in os.walk(folder) for f in fs)}
+print(json.dumps(state))
+"""
+
+# The status of each given run that the tracking server knows.
+RUN_STATUSES = r"""
+import json, sys
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+client = MlflowClient()
+found = {}
+for run_id in json.loads(sys.argv[1]):
+    try:
+        found[run_id] = client.get_run(run_id).info.status
+    except MlflowException:
+        pass
+print(json.dumps(found))
+"""
+
+# Holds an SFTP artifact store open across a server restart (as a notebook kernel would).
+OPEN_STORE = r"""
+import os, sys, tempfile
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+repo = get_artifact_repository(sys.argv[1])
+folder = tempfile.mkdtemp()
+for name in ("before.bin", "after.bin"):
+    with open(os.path.join(folder, name), "wb") as handle:
+        handle.write(os.urandom(100_000))
+repo.log_artifact(os.path.join(folder, "before.bin"))
+print("uploaded before", flush=True)
+sys.stdin.readline()
+repo.log_artifact(os.path.join(folder, "after.bin"))
+print(sorted(entry.path for entry in repo.list_artifacts()), flush=True)
+"""
+
+
+def log_runs(count: int) -> list[str]:
+    result = jupyter_exec("python", "-c", LOG_DRILL_RUNS, str(count), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ids: list[str] = json.loads(result.stdout.strip().splitlines()[-1])
+    return ids
+
+
+def digest(run_ids: list[str]) -> dict[str, Any]:
+    result = jupyter_exec("python", "-c", DIGEST, json.dumps(run_ids), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return state
+
+
+def backup(stack: dict[str, Any]) -> tuple[str, float]:
+    started = time.perf_counter()
+    done = aie("backup", "-e", stack["extra"], timeout=900)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    match = re.search(r"^localhost: snapshot ([0-9a-f]{8}), (\d+) files", done.stdout, re.M)
+    assert match, done.stdout
+    print(f"backup: {done.stdout.strip()} ({seconds:.0f} s with aie)")
+    return match.group(1), seconds
+
+
+def restore(stack: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    return aie("restore", "-e", stack["extra"], *args, timeout=1800)
+
+
+def mlflow_answers() -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORTS['aie_mlflow_port']}/health", timeout=10) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def drill(stack: dict[str, Any]) -> dict[str, Any]:
+    run_ids = log_runs(3)
+    before = digest(run_ids)
+    snapshot, seconds = backup(stack)
+    return {"run_ids": run_ids, "before": before, "snapshot": snapshot, "backup_seconds": seconds}
+
+
+def test_backup_is_listed_and_kept_outside_the_volumes(stack: dict[str, Any], drill: dict[str, Any]) -> None:
+    listed = aie("snapshots", "-e", stack["extra"], timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert re.search(rf"^{drill['snapshot']}\s+\S+ \S+\s+localhost\s", listed.stdout, re.M), listed.stdout
+    # The repository is an encrypted restic repository in the folder the settings name.
+    assert (stack["backups"] / "config").is_file() and (stack["backups"] / "snapshots").is_dir()
+    assert b"notebooks-sftp" not in b"".join(p.read_bytes() for p in (stack["backups"] / "data").rglob("*")
+                                             if p.is_file())
+
+
+def test_restore_refuses_volumes_that_hold_data(stack: dict[str, Any], drill: dict[str, Any]) -> None:
+    refused = restore(stack)
+    assert refused.returncode != 0
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "hold data" in last and "--force" in last and "mlflow-data" in last, last
+    # Nothing was stopped.
+    assert mlflow_answers()
+
+
+def test_restore_drill_brings_back_every_run_metric_and_artifact(
+    stack: dict[str, Any], drill: dict[str, Any]
+) -> None:
+    down = aie("down", "-e", stack["extra"], timeout=600)
+    assert down.returncode == 0, down.stderr[-2000:]
+    removed = run(["docker", "volume", "rm", *VOLUMES], timeout=120)
+    assert removed.returncode == 0, removed.stderr
+    started = time.perf_counter()
+    restored = restore(stack)
+    seconds = time.perf_counter() - started
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    assert f"from snapshot {drill['snapshot']}" in restored.stdout, restored.stdout
+    after = digest(drill["run_ids"])
+    assert after == drill["before"]
+    runs = len(after)
+    metrics = sum(len(steps) for state in after.values() for steps in state["metrics"].values())
+    params = sum(len(state["params"]) for state in after.values())
+    files = sum(len(state["artifacts"]) for state in after.values())
+    size = sum(state["bytes"] for state in after.values())
+    print(f"restore drill: {runs} runs, {params} params, {metrics} metric values, {files} artifacts, "
+          f"{size} bytes restored; backup {drill['backup_seconds']:.0f} s, restore {seconds:.0f} s (with aie)")
+    assert runs == 6 and files == 12
+
+
+def test_a_backup_taken_while_runs_are_logged_restores_cleanly(
+    stack: dict[str, Any], drill: dict[str, Any]
+) -> None:
+    finished_before = log_runs(1)
+    logging: dict[str, list[str]] = {}
+    writer = threading.Thread(target=lambda: logging.update(ids=log_runs(8)))
+    writer.start()
+    time.sleep(5)
+    snapshot, _ = backup(stack)
+    writer.join()
+    assert len(logging.get("ids", [])) == 16
+    restored = restore(stack, "--snapshot", snapshot, "--force")
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    assert mlflow_answers()
+    # The runs finished before the backup started are whole; the database opens and lists every run.
+    whole = digest(finished_before + drill["run_ids"])
+    assert {i: whole[i] for i in drill["run_ids"]} == drill["before"]
+    for run_id in finished_before:
+        assert whole[run_id]["status"] == "FINISHED"
+        assert [len(steps) for steps in whole[run_id]["metrics"].values()] == [5, 5]
+        assert len(whole[run_id]["artifacts"]) == 2
+    # The runs being logged during the backup are there or not, whole or marked RUNNING.
+    statuses = jupyter_exec("python", "-c", RUN_STATUSES, json.dumps(logging["ids"]))
+    assert statuses.returncode == 0, statuses.stderr[-2000:]
+    found: dict[str, str] = json.loads(statuses.stdout.strip().splitlines()[-1])
+    assert set(found.values()) <= {"FINISHED", "RUNNING"}, found
+    print(f"backup during logging: {len(found)} of the {len(logging['ids'])} runs being logged are in the "
+          f"snapshot, {list(found.values()).count('RUNNING')} of them marked RUNNING")
+
+
+def test_an_open_sftp_store_survives_a_server_restart(stack: dict[str, Any]) -> None:
+    uri = f"sftp://{PREFIX}-sftp/artifacts/fault-restart/{int(time.time())}"
+    process = subprocess.Popen(
+        in_jupyterlab("python", "-c", OPEN_STORE, uri),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None and process.stdin is not None
+    assert process.stdout.readline().strip() == "uploaded before"
+    restarted = run(["docker", "restart", f"{PREFIX}-sftp"], timeout=120)
+    assert restarted.returncode == 0, restarted.stderr
+    process.stdin.write("go\n")
+    process.stdin.flush()
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    assert out.strip().splitlines()[-1] == "['after.bin', 'before.bin']"
+
+
+def test_a_killed_service_is_restarted_with_its_data(stack: dict[str, Any], drill: dict[str, Any]) -> None:
+    name = f"{PREFIX}-mlflow"
+    inspect = ["docker", "inspect", "-f", "{{.State.Pid}} {{.RestartCount}}", name]
+    pid, restarts = run(inspect, timeout=60).stdout.split()
+    # The main process dies as in a crash or an out-of-memory kill (not `docker stop`).
+    killed = run(["kill", "-9", pid], timeout=30)
+    assert killed.returncode == 0, killed.stderr
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        now = run(inspect, timeout=60).stdout.split()
+        if len(now) == 2 and int(now[1]) > int(restarts) and now[0] != "0" and mlflow_answers():
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"{name} did not come back after its process was killed")
+    assert digest(drill["run_ids"][:2]) == {i: drill["before"][i] for i in drill["run_ids"][:2]}
+
