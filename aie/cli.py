@@ -123,18 +123,29 @@ def _run(
         signal.signal(signal.SIGINT, previous)
 
 
-def _deploy(playbook: str, project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+def _run_ok(
+    playbook: str, project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace
+) -> PlaybookResult | None:
+    """Run a playbook; its result, or None once the reason it failed is printed."""
     result = _run(playbook, project_dir, inventory, extra, args)
-    if not result.ok:
-        return _fail(result.failures[0] if result.failures else f"{playbook} failed ({result.status})")
+    if result.ok:
+        return result
+    _fail(result.failures[0] if result.failures else f"{playbook} failed ({result.status})")
+    return None
+
+
+def _deploy(playbook: str, project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    result = _run_ok(playbook, project_dir, inventory, extra, args)
+    if result is None:
+        return 1
     print(f"aie: {playbook} done, changed={result.changed}")
     return 0
 
 
 def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
-    result = _run("playbooks/status.yml", project_dir, inventory, extra, args)
-    if not result.ok:
-        return _fail(result.failures[0] if result.failures else "status failed")
+    result = _run_ok("playbooks/status.yml", project_dir, inventory, extra, args)
+    if result is None:
+        return 1
     healthy = True
     for host, report in sorted(result.facts.items()):
         for service in SERVICE_ORDER:
@@ -160,9 +171,9 @@ def _predict(project_dir: Path, inventory: Path, extra: list[str], args: argpars
         except (OSError, ValueError) as error:
             return _fail(f"cannot use {args.json} as a request: {error}")
         extra += ["-e", json.dumps({"predict_payload": payload})]
-    result = _run("playbooks/predict.yml", project_dir, inventory, extra, args)
-    if not result.ok:
-        return _fail(result.failures[0] if result.failures else "predict failed")
+    result = _run_ok("playbooks/predict.yml", project_dir, inventory, extra, args)
+    if result is None:
+        return 1
     for host, report in sorted(result.facts.items()):
         print(f"# {report['model_uri']} on {host}", file=sys.stderr)
         print(json.dumps(report["answer"]))
@@ -170,9 +181,9 @@ def _predict(project_dir: Path, inventory: Path, extra: list[str], args: argpars
 
 
 def _backup(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
-    result = _run("playbooks/backup.yml", project_dir, inventory, extra, args)
-    if not result.ok:
-        return _fail(result.failures[0] if result.failures else "backup failed")
+    result = _run_ok("playbooks/backup.yml", project_dir, inventory, extra, args)
+    if result is None:
+        return 1
     for host, report in sorted(result.facts.items()):
         done = report["backup"]
         print(f"{host}: snapshot {str(done['snapshot'])[:8]}, {done['files']} files, "
@@ -181,9 +192,9 @@ def _backup(project_dir: Path, inventory: Path, extra: list[str], args: argparse
 
 
 def _snapshots(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
-    result = _run("playbooks/snapshots.yml", project_dir, inventory, extra, args)
-    if not result.ok:
-        return _fail(result.failures[0] if result.failures else "snapshots failed")
+    result = _run_ok("playbooks/snapshots.yml", project_dir, inventory, extra, args)
+    if result is None:
+        return 1
     # Hosts that share a repository list the same snapshots.
     found = {snap["id"]: snap for report in result.facts.values() for snap in report["snapshots"]}
     print(f"{'ID':<9} {'TIME (UTC)':<20} {'HOST':<20} {'SIZE':>10}")
@@ -195,9 +206,9 @@ def _snapshots(project_dir: Path, inventory: Path, extra: list[str], args: argpa
 
 
 def _restore(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
-    result = _run("playbooks/restore.yml", project_dir, inventory, extra, args)
-    if not result.ok:
-        return _fail(result.failures[0] if result.failures else "restore failed")
+    result = _run_ok("playbooks/restore.yml", project_dir, inventory, extra, args)
+    if result is None:
+        return 1
     for host, report in sorted(result.facts.items()):
         done = report.get("restore")
         if done:

@@ -56,6 +56,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -121,6 +122,9 @@ _CONNECT_TIMEOUT = 15.0
 _IO_TIMEOUT = 120.0
 _PROBE_TIMEOUT = 5.0
 _KEEPALIVE_INTERVAL = 30
+# How long a reconnection keeps trying while the server restarts (refuses connections, or
+# closes them before its banner). A first connection fails at once: that is a setting to fix.
+_RECONNECT_WINDOW = float(os.environ.get("AIE_SFTP_RECONNECT_SECONDS", "60"))
 # Receive window / max packet we announce: only matters for downloads (server -> us).
 # For uploads the server's window and packet size apply (OpenSSH: 2 MiB / 32 KiB).
 _WINDOW_SIZE = 16 * 1024 * 1024
@@ -405,9 +409,26 @@ class _ConnectionPool:
         self.max_idle = max_idle
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
+        self._reached = False
 
     def connect(self) -> _Connection:
-        return _connect(self.target)
+        """A new connection; once the server has been reached, ride out its restarts."""
+        deadline = time.monotonic() + (_RECONNECT_WINDOW if self._reached else 0.0)
+        delay = 0.5
+        while True:
+            try:
+                conn = _connect(self.target)
+            except (SFTPHostKeyError, SFTPAuthenticationError):
+                raise
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                _logger.info("SFTP server %s not answering (%s); trying again", self.target.describe(), exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._reached = True
+            return conn
 
     def acquire(self) -> _Connection:
         while True:

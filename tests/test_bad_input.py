@@ -23,7 +23,9 @@ def deploy(tmp_path: Path, inventory: str = "inventory/local", **settings: objec
     return result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("variable", ["aie_s3_access_key", "aie_s3_secret_key", "aie_jupyterlab_token"])
+@pytest.mark.parametrize(
+    "variable", ["aie_s3_access_key", "aie_s3_secret_key", "aie_jupyterlab_token", "aie_backup_password"]
+)
 def test_empty_credentials_are_refused(tmp_path: Path, variable: str) -> None:
     output = deploy(tmp_path, **{variable: ""})
     assert f"{variable} is empty" in output
@@ -59,3 +61,9 @@ def test_a_missing_group_is_named(tmp_path: Path) -> None:
 def test_a_bad_experiment_list_is_refused(tmp_path: Path) -> None:
     output = deploy(tmp_path, mlflow_experiments=[{"name": "x"}])
     assert "mlflow_experiments" in output
+
+
+@pytest.mark.parametrize("schedule", ["every day", "17 3 * *"])
+def test_a_bad_backup_schedule_is_refused(tmp_path: Path, schedule: str) -> None:
+    output = deploy(tmp_path, aie_backup_schedule=schedule)
+    assert "aie_backup_schedule must be five cron fields" in output and schedule in output

@@ -21,6 +21,11 @@ def test_a_missing_inventory_is_named(capsys: pytest.CaptureFixture[str]) -> Non
     assert "inventory /nonexistent/inventory does not exist" in capsys.readouterr().err
 
 
+def test_sizes_are_printed_in_binary_units() -> None:
+    assert [cli._size(n) for n in (512, 1536, 3 * 1024**2, 5 * 1024**4, None)] == [
+        "512 B", "1.5 KiB", "3.0 MiB", "5120.0 GiB", "-"]
+
+
 def test_purge_is_refused_without_confirmation() -> None:
     # No terminal to ask on and no --yes: nothing is removed.
     result = aie("down", "--purge", timeout=120)

@@ -165,6 +165,13 @@ def test_restore_refuses_volumes_that_hold_data(stack: dict[str, Any], drill: di
     assert mlflow_answers()
 
 
+def test_an_unknown_snapshot_is_named(stack: dict[str, Any], drill: dict[str, Any]) -> None:
+    refused = restore(stack, "--snapshot", "deadbeef", "--force")
+    assert refused.returncode != 0
+    assert "no snapshot deadbeef in the backup repository" in refused.stderr.strip().splitlines()[-1]
+    assert mlflow_answers()
+
+
 def test_restore_drill_brings_back_every_run_metric_and_artifact(
     stack: dict[str, Any], drill: dict[str, Any]
 ) -> None:

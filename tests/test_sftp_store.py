@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -426,6 +427,35 @@ def test_reconnects_after_server_restart(
     repo.log_artifact(str(second))  # same repository object
     assert sha256(remote_dir / second.name) == sha256(second)
     assert {f.path for f in repo.list_artifacts()} == {"first.bin", "second.bin"}
+
+
+def test_waits_for_a_server_that_is_still_starting(
+    ssh_env: SSHTestEnv, repo: SFTPArtifactRepository, tmp_path: Path, remote_dir: Path
+) -> None:
+    # As when a container restarts: for a few seconds nothing listens on the port.
+    first = make_file(tmp_path, "first.bin", 10_000)
+    second = make_file(tmp_path, "second.bin", 10_000)
+    repo.log_artifact(str(first))
+    ssh_env.server.stop()
+    starter = threading.Timer(3.0, ssh_env.server.start)
+    starter.start()
+    try:
+        repo.log_artifact(str(second))
+    finally:
+        starter.join()
+    assert sha256(remote_dir / second.name) == sha256(second)
+
+
+def test_a_first_connection_to_nothing_fails_at_once(ssh_env: SSHTestEnv, tmp_path: Path) -> None:
+    # A port nothing listens on, never reached before: a setting to fix, not a restart to wait out.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        SFTPArtifactRepository(f"sftp://127.0.0.1:{port}{tmp_path}/nowhere").log_artifact(
+            str(make_file(tmp_path, "x.bin", 10)))
+    assert time.monotonic() - started < 10
 
 
 def test_operation_interrupted_by_restart_is_retried(
