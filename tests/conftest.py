@@ -80,10 +80,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     extra = write_vars(work / "vars.json", settings)
     # The test prefix belongs to the tests: containers and volumes left by an interrupted
     # earlier run (with other generated credentials) are removed first.
-    # (With no engine running yet there is nothing to remove: `aie up` installs and starts it.)
-    if docker_answers():
-        leftovers = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
-        assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
+    # With no engine running yet, the prerequisites install or start it (as `aie up` would) first.
+    if not docker_answers():
+        started = ansible_playbook("-i", "inventory/local", "playbooks/prerequisites.yml", "-e", extra, timeout=1800)
+        assert started.returncode == 0, started.stdout[-3000:]
+    leftovers = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
+    assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
     up = aie("up", "-e", extra)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
