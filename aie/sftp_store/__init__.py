@@ -1,0 +1,110 @@
+"""MLflow artifact repository for ``sftp://`` URIs, written directly on paramiko.
+
+Why this exists instead of MLflow's built-in ``sftp://`` store:
+
+* MLflow's store is built on pysftp, which is unmaintained (last release 0.2.9,
+  2016) and breaks with paramiko >= 4: ``pysftp/__init__.py`` does
+  ``from paramiko import AgentKey, RSAKey, DSSKey`` and paramiko 4 removed
+  ``DSSKey``, so ``import pysftp`` itself fails, and with it every ``sftp://``
+  artifact operation.
+* The built-in store opens ``max_workers`` (up to 20) pysftp connections in the
+  repository's constructor and keeps them for the life of the object (MLflow
+  caches repositories per run). Once the SFTP server restarts, every cached
+  connection is dead, and every later artifact call on that repository fails
+  until the client process is restarted.
+* It also reads only ``~/.ssh/config`` and uploads a directory tree file by file
+  over a single connection.
+
+This package replaces it. It is registered through the ``mlflow.artifact_repository``
+entry point (``sftp=aie.sftp_store:SFTPArtifactRepository``); MLflow registers entry
+points after its built-in stores, so this class serves ``sftp://`` URIs.
+
+Behaviour:
+
+* URI ``sftp://[user@]host[:port]/absolute/path``. ``host`` may be a ``Host`` alias
+  of the SSH client config (``$AIE_SSH_CONFIG``, default ``~/.ssh/config``), whose
+  ``HostName``, ``User``, ``Port``, first ``IdentityFile`` and
+  ``UserKnownHostsFile`` / ``GlobalKnownHostsFile`` are honoured. User and port
+  written in the URI win over the config.
+* Host keys are always verified against known_hosts; unknown and mismatching keys
+  are refused (:class:`SFTPHostKeyError`). There is no trust on first use.
+* Authentication is by key only: the configured ``IdentityFile``, or paramiko's
+  default key files when none is configured. No agent, no passwords.
+* Connections are pooled per target and shared by all repositories of the process.
+  An operation that fails because its connection died (server restarted) is retried
+  once on a new connection.
+* ``log_artifacts`` uploads over ``$AIE_SFTP_PARALLEL`` connections in parallel
+  (default 4, but no more than the number of CPUs). Uploads are pipelined, use the
+  largest write size the server advertises (``limits@openssh.com``), prefer AES-GCM
+  (the cheapest cipher for both ends on CPUs with AES instructions), and are written
+  under a hidden temporary name that is renamed into place when complete, so readers
+  never see partial artifacts.
+
+Layout: ``target`` resolves the URI's host through the SSH client config, ``pool``
+opens and pools the connections, ``transfer`` holds the SFTP operations on one
+connection, ``repository`` is the MLflow artifact repository; ``settings`` reads the
+environment and ``errors`` defines the exceptions.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .repository import SFTPArtifactRepository
+
+
+def _create_repository(
+    artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None
+) -> SFTPArtifactRepository:
+    """Stands in for the class while this package is half-imported (see below)."""
+    return SFTPArtifactRepository(artifact_uri, tracking_uri, registry_uri)
+
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        # When this package is imported before mlflow, the first mlflow import below
+        # runs mlflow/__init__, which loads the ``mlflow.artifact_repository`` entry
+        # points, i.e. resolves ``aie.sftp_store:SFTPArtifactRepository`` while this
+        # package is only half-initialised. Without this, MLflow would warn and keep
+        # its pysftp store. _claim_placeholder_registration() swaps in the class.
+        if name == "SFTPArtifactRepository":
+            return _create_repository
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Imported after the definitions above on purpose (they import mlflow); see __getattr__.
+from .errors import SFTPAuthenticationError, SFTPHostKeyError  # noqa: E402
+from .pool import close_connections  # noqa: E402
+from .repository import SFTPArtifactRepository  # noqa: E402
+from .settings import ENV_PARALLEL, ENV_SSH_CONFIG  # noqa: E402
+from .target import SSHTarget, resolve_target  # noqa: E402
+
+__all__ = [
+    "ENV_PARALLEL",
+    "ENV_SSH_CONFIG",
+    "SFTPArtifactRepository",
+    "SFTPAuthenticationError",
+    "SFTPHostKeyError",
+    "SSHTarget",
+    "close_connections",
+    "resolve_target",
+]
+
+
+def _claim_placeholder_registration() -> None:
+    """Register the class itself where MLflow registered ``_create_repository``."""
+    module = sys.modules.get("mlflow.store.artifact.artifact_repository_registry")
+    # During MLflow's own entry-point loading the registry module is half-imported,
+    # but its registry object already exists (and holds MLflow's built-in store).
+    registry = getattr(module, "_artifact_repository_registry", None)
+    if registry is None:
+        return
+    registered: object = registry.get_registered_artifact_repositories().get("sftp")
+    if registered is _create_repository:
+        registry.register("sftp", SFTPArtifactRepository)
+
+
+_claim_placeholder_registration()

@@ -1,0 +1,301 @@
+"""SSH connections to a target, and the per-process pool that shares them."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, NoReturn, Protocol, cast
+
+import paramiko
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
+
+from .errors import SFTPAuthenticationError, SFTPHostKeyError
+from .settings import RECONNECT_WINDOW, parallelism
+from .target import SSHTarget
+
+if TYPE_CHECKING:
+    from paramiko.transport import _SocketLike
+
+_logger = logging.getLogger(__name__)
+
+_CONNECT_TIMEOUT = 15.0
+# An SFTP request without progress for this long fails instead of hanging forever.
+IO_TIMEOUT = 120.0
+_PROBE_TIMEOUT = 5.0
+_KEEPALIVE_INTERVAL = 30
+# Receive window / max packet we announce: only matters for downloads (server -> us).
+# For uploads the server's window and packet size apply (OpenSSH: 2 MiB / 32 KiB).
+_WINDOW_SIZE = 16 * 1024 * 1024
+_MAX_PACKET_SIZE = 32 * 1024
+# AES-GCM needs no separate MAC and is hardware accelerated on both ends; measured
+# 25-50 % faster uploads than paramiko's default aes128-ctr + hmac-sha2-256.
+_PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+# Every SFTP v3 server accepts 32 KiB reads/writes; bigger ones only if advertised.
+# 255 KiB writes (OpenSSH's limit) measured 1.6-1.8x faster uploads than 32 KiB ones.
+_MIN_IO_SIZE = 32 * 1024
+_MAX_IO_SIZE = 255 * 1024
+
+
+class _RejectUnknownHostKey(paramiko.RejectPolicy):
+    """paramiko's RejectPolicy, with an error that says which host, port and files."""
+
+    def __init__(self, target: SSHTarget, loaded: list[str]) -> None:
+        self._target = target
+        self._loaded = loaded
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> NoReturn:
+        target = self._target
+        files = ", ".join(target.known_hosts_files) or "(none)"
+        readable = ", ".join(self._loaded) or "none"
+        raise SFTPHostKeyError(
+            f"Unknown SSH host key for {target.hostname} port {target.port} "
+            f"(known_hosts entry {hostname!r}): the server offered "
+            f"{key.get_name()} {key.fingerprint}, which is not in the known_hosts "
+            f"files {files} (readable: {readable}). Refusing to connect; verify "
+            "the key out of band and add it to known_hosts."
+        )
+
+
+class _RawSFTP(Protocol):
+    """The private request API of paramiko's SFTPClient (for ``limits@openssh.com``)."""
+
+    def _request(self, t: int, *args: object) -> tuple[int | None, paramiko.Message | None]: ...
+
+
+def _transport_factory(
+    sock: _SocketLike,
+    /,
+    *,
+    gss_kex: bool = False,
+    gss_deleg_creds: bool = False,
+    disabled_algorithms: Mapping[str, Iterable[str]] | None = None,
+) -> paramiko.Transport:
+    transport = paramiko.Transport(
+        sock,
+        default_window_size=_WINDOW_SIZE,
+        default_max_packet_size=_MAX_PACKET_SIZE,
+        disabled_algorithms=disabled_algorithms,
+    )
+    options = transport.get_security_options()
+    available = list(options.ciphers)
+    preferred = [c for c in _PREFERRED_CIPHERS if c in available]
+    options.ciphers = preferred + [c for c in available if c not in preferred]
+    return transport
+
+
+def _io_sizes(sftp: paramiko.SFTPClient) -> tuple[int, int]:
+    """(write, read) request sizes from ``limits@openssh.com`` (capped), else 32 KiB."""
+    try:
+        kind, msg = cast(_RawSFTP, sftp)._request(CMD_EXTENDED, "limits@openssh.com")
+    except OSError:  # SSH2_FX_OP_UNSUPPORTED: not an OpenSSH-compatible server
+        return _MIN_IO_SIZE, _MIN_IO_SIZE
+    if kind != CMD_EXTENDED_REPLY or msg is None:
+        return _MIN_IO_SIZE, _MIN_IO_SIZE
+    msg.get_int64()  # max packet length
+    max_read = msg.get_int64()
+    max_write = msg.get_int64()
+
+    def clamp(limit: int) -> int:  # 0 means "no limit advertised"
+        return _MAX_IO_SIZE if limit == 0 else max(_MIN_IO_SIZE, min(limit, _MAX_IO_SIZE))
+
+    return clamp(max_write), clamp(max_read)
+
+
+class Connection:
+    """One SSH transport with one SFTP session on it."""
+
+    def __init__(self, client: paramiko.SSHClient, sftp: paramiko.SFTPClient) -> None:
+        self.client = client
+        self.sftp = sftp
+        self.write_size, self.read_size = _io_sizes(sftp)
+
+    def is_active(self) -> bool:
+        transport = self.client.get_transport()
+        channel = self.sftp.get_channel()
+        return transport is not None and transport.is_active() and channel is not None and not channel.closed
+
+    def responsive(self) -> bool:
+        """True if the connection still answers requests (one round trip)."""
+        if not self.is_active():
+            return False
+        channel = self.sftp.get_channel()
+        try:
+            if channel is not None:
+                channel.settimeout(_PROBE_TIMEOUT)
+            self.sftp.normalize(".")
+            if channel is not None:
+                channel.settimeout(IO_TIMEOUT)
+        except Exception:
+            return False
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.sftp.close()
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+def open_connection(target: SSHTarget) -> Connection:
+    if target.identity_file is not None and not os.path.isfile(target.identity_file):
+        raise SFTPAuthenticationError(
+            f"IdentityFile {target.identity_file} configured for {target.describe()} does not exist"
+        )
+    client = paramiko.SSHClient()
+    sock: socket.socket | None = None
+    try:
+        sock = socket.create_connection((target.hostname, target.port), timeout=_CONNECT_TIMEOUT)
+        # SSH sends many small packets (kex, auth, SFTP requests); with Nagle's
+        # algorithm each of them can wait ~40 ms for the peer's delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        loaded = []
+        for path in target.known_hosts_files:
+            if os.path.isfile(path):
+                client.load_system_host_keys(path)
+                loaded.append(path)
+        client.set_missing_host_key_policy(_RejectUnknownHostKey(target, loaded))
+        client.connect(
+            target.hostname,
+            port=target.port,
+            username=target.username,
+            key_filename=target.identity_file,
+            allow_agent=False,
+            look_for_keys=target.identity_file is None,
+            timeout=_CONNECT_TIMEOUT,
+            banner_timeout=_CONNECT_TIMEOUT,
+            auth_timeout=_CONNECT_TIMEOUT,
+            sock=sock,
+            transport_factory=_transport_factory,
+        )
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(_KEEPALIVE_INTERVAL)
+        sftp = client.open_sftp()
+        channel = sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(IO_TIMEOUT)
+        return Connection(client, sftp)
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise SFTPHostKeyError(
+            f"SSH host key MISMATCH for {target.hostname} port {target.port}: the "
+            f"server offered {exc.key.get_name()} {exc.key.fingerprint}, but "
+            f"known_hosts ({', '.join(target.known_hosts_files)}) records "
+            f"{exc.expected_key.get_name()} {exc.expected_key.fingerprint}. This is a "
+            "man-in-the-middle attack or the server's key was changed; refusing to "
+            "connect."
+        ) from exc
+    except paramiko.AuthenticationException as exc:
+        client.close()
+        key = target.identity_file or "paramiko's default key files"
+        raise SFTPAuthenticationError(
+            f"SSH public-key authentication to {target.describe()} failed with {key}: {exc}"
+        ) from exc
+    except BaseException:
+        client.close()
+        if sock is not None:
+            sock.close()
+        raise
+
+
+class ConnectionPool:
+    """Idle connections to one target, shared by every repository using that target."""
+
+    def __init__(self, target: SSHTarget, max_idle: int) -> None:
+        self.target = target
+        self.max_idle = max_idle
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+        self._reached = False
+
+    def connect(self) -> Connection:
+        """A new connection; once the server has been reached, ride out its restarts."""
+        deadline = time.monotonic() + (RECONNECT_WINDOW if self._reached else 0.0)
+        delay = 0.5
+        while True:
+            try:
+                conn = open_connection(self.target)
+            except (SFTPHostKeyError, SFTPAuthenticationError):
+                raise
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                _logger.info("SFTP server %s not answering (%s); trying again", self.target.describe(), exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._reached = True
+            return conn
+
+    def acquire(self) -> Connection:
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                conn = self._idle.pop()
+            if conn.is_active():
+                return conn
+            _logger.info("Dropping dead SFTP connection to %s", self.target.describe())
+            conn.close()
+        return self.connect()
+
+    def release(self, conn: Connection) -> None:
+        if conn.is_active():
+            with self._lock:
+                if len(self._idle) < self.max_idle:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def abandon_after_fork(self) -> list[Connection]:
+        """In a forked child: drop the parent's connections without touching them."""
+        self._lock = threading.Lock()
+        idle, self._idle = self._idle, []
+        return idle
+
+
+_pools: dict[SSHTarget, ConnectionPool] = {}
+_pools_lock = threading.Lock()
+# A forked child must neither use nor close (nor garbage-collect: paramiko's
+# Channel.__del__ sends a close) the connections it inherited from its parent.
+_inherited_after_fork: list[Connection] = []
+
+
+def pool_for(target: SSHTarget) -> ConnectionPool:
+    with _pools_lock:
+        pool = _pools.get(target)
+        if pool is None:
+            pool = _pools[target] = ConnectionPool(target, max_idle=parallelism())
+        return pool
+
+
+def close_connections() -> None:
+    """Close every idle pooled connection (they are re-opened on demand)."""
+    with _pools_lock:
+        pools = list(_pools.values())
+    for pool in pools:
+        pool.close()
+
+
+def _forget_connections_after_fork() -> None:
+    global _pools_lock
+    _pools_lock = threading.Lock()
+    for pool in _pools.values():
+        _inherited_after_fork.extend(pool.abandon_after_fork())
+
+
+atexit.register(close_connections)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_connections_after_fork)

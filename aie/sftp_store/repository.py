@@ -1,0 +1,244 @@
+"""The MLflow artifact repository for ``sftp://`` URIs."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import posixpath
+import stat
+import urllib.parse
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+from mlflow.entities import FileInfo
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+
+from .errors import invalid
+from .pool import Connection, pool_for
+from .settings import parallelism
+from .target import resolve_target
+from .transfer import TEMP_PREFIX, download_file, is_dir, makedirs, rmtree, upload_file
+
+_logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class SFTPArtifactRepository(ArtifactRepository):
+    """Stores artifacts as files in a remote directory, over SFTP (paramiko)."""
+
+    def __init__(
+        self,
+        artifact_uri: str,
+        tracking_uri: str | None = None,
+        registry_uri: str | None = None,
+    ) -> None:
+        parsed = urllib.parse.urlparse(artifact_uri)
+        if parsed.scheme != "sftp":
+            raise invalid(f"Not an sftp:// URI: {artifact_uri}")
+        if parsed.password is not None:
+            raise invalid(
+                "Passwords in sftp:// URIs are not supported; use key authentication (IdentityFile in the SSH config)"
+            )
+        if not parsed.hostname:
+            raise invalid(f"No host in artifact URI {artifact_uri}")
+        if not parsed.path.startswith("/"):
+            raise invalid(
+                f"Artifact URI {artifact_uri} needs an absolute remote path: sftp://[user@]host[:port]/absolute/path"
+            )
+        try:
+            port = parsed.port
+        except ValueError as exc:
+            raise invalid(f"Invalid port in artifact URI {artifact_uri}: {exc}") from None
+        username = urllib.parse.unquote(parsed.username) if parsed.username else None
+
+        self.path = posixpath.normpath(parsed.path)
+        self.target = resolve_target(parsed.hostname, username, port)
+        self._pool = pool_for(self.target)
+        super().__init__(artifact_uri, tracking_uri, registry_uri)
+
+    @property
+    def max_workers(self) -> int:
+        # Also bounds MLflow's download thread pool, i.e. the connections it opens.
+        return parallelism()
+
+    # -- helpers
+
+    def _relative(self, artifact_path: str | os.PathLike[str] | None) -> str:
+        """Normalised path relative to the repository root ("" for the root itself)."""
+        if artifact_path is None:
+            return ""
+        path = os.fspath(artifact_path)
+        if not path:
+            return ""
+        normalized = posixpath.normpath(path)
+        if path.startswith("/") or normalized == ".." or normalized.startswith("../"):
+            raise invalid(f"Invalid artifact path {path!r}: it must stay inside the artifact root")
+        return "" if normalized == "." else normalized
+
+    def _remote(self, relative: str) -> str:
+        return posixpath.join(self.path, relative) if relative else self.path
+
+    def _attempt(self, conn: Connection, operation: Callable[[Connection], _T]) -> _T:
+        """Run ``operation``; keep ``conn`` pooled only if it is still healthy after."""
+        try:
+            result = operation(conn)
+        except Exception:
+            if conn.responsive():
+                self._pool.release(conn)
+            else:
+                conn.close()
+            raise
+        except BaseException:  # interrupted mid-request: the session state is unknown
+            conn.close()
+            raise
+        self._pool.release(conn)
+        return result
+
+    def _with_connection(self, operation: Callable[[Connection], _T]) -> _T:
+        """Run ``operation`` on a pooled connection; if that died, reconnect once."""
+        conn = self._pool.acquire()
+        try:
+            return self._attempt(conn, operation)
+        except Exception as exc:
+            if conn.is_active():  # the connection is fine: a genuine error
+                raise
+            _logger.warning(
+                "SFTP connection to %s was lost (%s: %s); reconnecting, retrying once",
+                self.target.describe(),
+                type(exc).__name__,
+                exc,
+            )
+        return self._attempt(self._pool.connect(), operation)
+
+    # -- ArtifactRepository API
+
+    def log_artifact(self, local_file: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        local = os.fspath(local_file)
+        directory = self._remote(self._relative(artifact_path))
+        remote = posixpath.join(directory, os.path.basename(local))
+
+        def operation(conn: Connection) -> None:
+            makedirs(conn.sftp, directory, set())
+            upload_file(conn, local, remote)
+
+        self._with_connection(operation)
+
+    def log_artifacts(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        local_root = os.fspath(local_dir)
+        remote_root = self._remote(self._relative(artifact_path))
+        directories = [remote_root]
+        files: list[tuple[int, str, str]] = []
+
+        def raise_error(error: OSError) -> NoReturn:
+            raise error
+
+        for current, _dirnames, filenames in os.walk(local_root, onerror=raise_error):
+            relative = os.path.relpath(current, local_root)
+            remote_dir = remote_root if relative == os.curdir else posixpath.join(remote_root, *relative.split(os.sep))
+            # Also creates empty directories, like MLflow's local store.
+            directories.append(remote_dir)
+            for name in filenames:
+                local_path = os.path.join(current, name)
+                files.append(
+                    (
+                        os.path.getsize(local_path),
+                        local_path,
+                        posixpath.join(remote_dir, name),
+                    )
+                )
+
+        def make_directories(conn: Connection) -> None:
+            known: set[str] = set()
+            for directory in sorted(set(directories)):
+                makedirs(conn.sftp, directory, known)
+
+        self._with_connection(make_directories)
+
+        # Largest first, so that the workers finish at about the same time.
+        files.sort(key=lambda item: item[0], reverse=True)
+        workers = min(parallelism(), len(files))
+        if workers <= 1:
+            for _size, local_path, remote_path in files:
+                self._upload(local_path, remote_path)
+            return
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="aie-sftp-upload"
+        ) as executor:
+            futures = [
+                executor.submit(self._upload, local_path, remote_path) for _size, local_path, remote_path in files
+            ]
+            _done, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            for future in pending:
+                future.cancel()
+        for future in futures:
+            if not future.cancelled() and future.exception() is not None:
+                future.result()  # re-raises the first failure
+
+    def _upload(self, local_path: str, remote_path: str) -> None:
+        self._with_connection(lambda conn: upload_file(conn, local_path, remote_path))
+
+    def _is_directory(self, artifact_path: str | None) -> bool:
+        remote = self._remote(self._relative(artifact_path))
+
+        def operation(conn: Connection) -> bool:
+            try:
+                return is_dir(conn.sftp.stat(remote))
+            except FileNotFoundError:
+                return False
+
+        return self._with_connection(operation)
+
+    def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
+        relative = self._relative(path)
+        remote = self._remote(relative)
+
+        def operation(conn: Connection) -> list[FileInfo]:
+            sftp = conn.sftp
+            try:
+                if not is_dir(sftp.stat(remote)):
+                    return []
+                entries = sftp.listdir_attr(remote)
+            except FileNotFoundError:
+                return []
+            infos = []
+            for entry in entries:
+                name = entry.filename
+                if name in (".", "..") or name.startswith(TEMP_PREFIX):
+                    continue
+                attrs = entry
+                if stat.S_ISLNK(entry.st_mode or 0):
+                    try:
+                        attrs = sftp.stat(posixpath.join(remote, name))
+                    except FileNotFoundError:  # dangling symlink
+                        continue
+                child = posixpath.join(relative, name) if relative else name
+                if is_dir(attrs):
+                    infos.append(FileInfo(child, True, None))
+                else:
+                    infos.append(FileInfo(child, False, attrs.st_size))
+            return sorted(infos, key=lambda info: str(info.path))
+
+        return self._with_connection(operation)
+
+    def _download_file(self, remote_file_path: str, local_path: str | os.PathLike[str]) -> None:
+        remote = self._remote(self._relative(remote_file_path))
+        local = os.fspath(local_path)
+        self._with_connection(lambda conn: download_file(conn, remote, local))
+
+    def delete_artifacts(self, artifact_path: str | None = None) -> None:
+        remote = self._remote(self._relative(artifact_path))
+
+        def operation(conn: Connection) -> None:
+            sftp = conn.sftp
+            try:
+                attrs = sftp.lstat(remote)
+            except FileNotFoundError:
+                return
+            if is_dir(attrs):
+                rmtree(sftp, remote)
+            else:
+                sftp.remove(remote)
+
+        self._with_connection(operation)

@@ -1,0 +1,74 @@
+"""Resolving the SSH target of an ``sftp://`` URI from the URI and the SSH client config."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import cast
+
+import paramiko
+
+from .errors import invalid
+from .settings import ssh_config_path
+
+_DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts",)
+_DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts",)
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """Everything needed to open an SSH connection; also the connection pool's key."""
+
+    alias: str
+    hostname: str
+    port: int
+    username: str
+    identity_file: str | None
+    known_hosts_files: tuple[str, ...]
+
+    def describe(self) -> str:
+        where = f"{self.username}@{self.hostname} port {self.port}"
+        return where if self.alias == self.hostname else f"{where} (ssh config host {self.alias!r})"
+
+
+def _config_files(options: Mapping[str, object], key: str, default: Iterable[str]) -> list[str]:
+    value = options.get(key)
+    words = shlex.split(value) if isinstance(value, str) else list(default)
+    return [os.path.expanduser(w) for w in words if w.lower() != "none"]
+
+
+def resolve_target(host: str, username: str | None = None, port: int | None = None) -> SSHTarget:
+    """Combine URI parts with the SSH client config; explicit user and port win."""
+    config_path = ssh_config_path()
+    config = paramiko.SSHConfig.from_path(config_path) if os.path.isfile(config_path) else paramiko.SSHConfig()
+    # The stubs declare str values, but "identityfile" is a list at runtime.
+    options = cast(Mapping[str, object], config.lookup(host))
+
+    hostname = options.get("hostname")
+    config_port = options.get("port")
+    config_user = options.get("user")
+    identities = options.get("identityfile")
+    identity: str | None = None
+    if isinstance(identities, list) and identities:
+        identity = os.path.expanduser(str(identities[0]))
+    elif isinstance(identities, str) and identities:
+        identity = os.path.expanduser(identities)
+
+    if port is None:
+        try:
+            port = int(config_port) if isinstance(config_port, str) else 22
+        except ValueError:
+            raise invalid(f"Invalid Port {config_port!r} for host {host!r} in {config_path}") from None
+    known_hosts = _config_files(options, "userknownhostsfile", _DEFAULT_USER_KNOWN_HOSTS)
+    known_hosts += _config_files(options, "globalknownhostsfile", _DEFAULT_GLOBAL_KNOWN_HOSTS)
+    return SSHTarget(
+        alias=host,
+        hostname=hostname if isinstance(hostname, str) and hostname else host,
+        port=port,
+        username=username or (config_user if isinstance(config_user, str) else getpass.getuser()),
+        identity_file=identity,
+        known_hosts_files=tuple(known_hosts),
+    )
