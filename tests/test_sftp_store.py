@@ -224,6 +224,26 @@ def test_artifact_paths_cannot_escape_the_root(repo: SFTPArtifactRepository, tmp
     assert not (remote_dir.parent / "escape").exists()
 
 
+@pytest.mark.parametrize(
+    "bad", ["..\x00", "sub\x00/..", "a\nb", "tab\there", "del\x7f"], ids=["nul", "nul-dir", "lf", "tab", "del"]
+)
+def test_control_characters_in_artifact_paths_are_rejected(
+    repo: SFTPArtifactRepository, tmp_path: Path, remote_dir: Path, bad: str
+) -> None:
+    # The server cuts a path at a NUL byte: "..\x00" would list the root's parent.
+    remote_dir.mkdir()
+    (remote_dir.parent / "sibling-of-the-root").mkdir(exist_ok=True)
+    with pytest.raises(MlflowException, match="control character") as info:
+        repo.list_artifacts(bad)
+    assert repr(bad) in str(info.value)
+    with pytest.raises(MlflowException, match="control character"):
+        repo.log_artifact(str(make_file(tmp_path, size=10)), bad)
+    with pytest.raises(MlflowException, match="control character"):
+        repo.delete_artifacts(bad)
+    assert list(remote_dir.iterdir()) == []
+    assert (remote_dir.parent / "sibling-of-the-root").is_dir()
+
+
 # --------------------------------------------------------------------------------------
 # Upload, download, listing, deletion
 # --------------------------------------------------------------------------------------

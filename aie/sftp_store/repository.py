@@ -72,6 +72,10 @@ class SFTPArtifactRepository(ArtifactRepository):
         path = os.fspath(artifact_path)
         if not path:
             return ""
+        # The server ends a path at a NUL byte ("..\x00" would be the root's parent), and
+        # other control characters are no file name anyone means.
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+            raise invalid(f"Invalid artifact path {path!r}: it contains a control character")
         normalized = posixpath.normpath(path)
         if path.startswith("/") or normalized == ".." or normalized.startswith("../"):
             raise invalid(f"Invalid artifact path {path!r}: it must stay inside the artifact root")
