@@ -28,6 +28,7 @@ from mlflow.store.artifact.artifact_repository_registry import (
 
 from aie.sftp_store import (
     ENV_PARALLEL,
+    ENV_RECONNECT_SECONDS,
     ENV_SSH_CONFIG,
     SFTPArtifactRepository,
     SFTPAuthenticationError,
@@ -59,6 +60,7 @@ def ssh_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHTestEnv]:
 def _use_test_ssh_config(ssh_env: SSHTestEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_SSH_CONFIG, str(ssh_env.ssh_config))
     monkeypatch.delenv(ENV_PARALLEL, raising=False)
+    monkeypatch.delenv(ENV_RECONNECT_SECONDS, raising=False)
 
 
 @pytest.fixture
@@ -169,6 +171,41 @@ def test_registration_when_imported_before_mlflow() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_bad_reconnect_setting_does_not_break_import() -> None:
+    # Importing mlflow loads every artifact store's entry point, ours included: a bad
+    # setting of the SFTP store must not break MLflow for s3:// users.
+    code = (
+        "import mlflow\n"
+        "import aie.sftp_store\n"
+        "from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository\n"
+        "print(type(get_artifact_repository('s3://bucket/path')).__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, ENV_RECONNECT_SECONDS: "sixty"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "S3ArtifactRepository"
+
+
+@pytest.mark.parametrize("value", ["sixty", "-5", "nan", "inf"])
+def test_bad_reconnect_setting_is_reported_when_connecting(
+    repo: SFTPArtifactRepository, tmp_path: Path, remote_dir: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    close_connections()  # the next operation connects
+    monkeypatch.setenv(ENV_RECONNECT_SECONDS, value)
+    with pytest.raises(MlflowException, match=ENV_RECONNECT_SECONDS) as info:
+        repo.log_artifact(str(make_file(tmp_path, size=10)))
+    assert repr(value) in str(info.value)
+    assert not remote_dir.exists()
+    monkeypatch.setenv(ENV_RECONNECT_SECONDS, "2.5")
+    repo.log_artifact(str(make_file(tmp_path, size=10)))
+    assert (remote_dir / "model.bin").stat().st_size == 10
 
 
 def test_resolve_target_reads_ssh_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

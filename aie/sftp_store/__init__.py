@@ -32,7 +32,9 @@ Behaviour:
   default key files when none is configured. No agent, no passwords.
 * Connections are pooled per target and shared by all repositories of the process.
   An operation that fails because its connection died (server restarted) is retried
-  once on a new connection.
+  once on a new connection. Once a server has been reached, reconnecting keeps trying
+  for ``$AIE_SFTP_RECONNECT_SECONDS`` seconds (default 60) while it restarts; a bad
+  value is reported when connecting, naming the variable.
 * ``log_artifacts`` uploads over ``$AIE_SFTP_PARALLEL`` connections in parallel
   (default 4, but no more than the number of CPUs). Uploads are pipelined, use the
   largest write size the server advertises (``limits@openssh.com``), prefer AES-GCM
@@ -79,11 +81,12 @@ if not TYPE_CHECKING:
 from .errors import SFTPAuthenticationError, SFTPHostKeyError  # noqa: E402
 from .pool import close_connections  # noqa: E402
 from .repository import SFTPArtifactRepository  # noqa: E402
-from .settings import ENV_PARALLEL, ENV_SSH_CONFIG  # noqa: E402
+from .settings import ENV_PARALLEL, ENV_RECONNECT_SECONDS, ENV_SSH_CONFIG  # noqa: E402
 from .target import SSHTarget, resolve_target  # noqa: E402
 
 __all__ = [
     "ENV_PARALLEL",
+    "ENV_RECONNECT_SECONDS",
     "ENV_SSH_CONFIG",
     "SFTPArtifactRepository",
     "SFTPAuthenticationError",

@@ -16,7 +16,7 @@ import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from .errors import SFTPAuthenticationError, SFTPHostKeyError
-from .settings import RECONNECT_WINDOW, parallelism
+from .settings import parallelism, reconnect_window
 from .target import SSHTarget
 
 if TYPE_CHECKING:
@@ -216,7 +216,10 @@ class ConnectionPool:
 
     def connect(self) -> Connection:
         """A new connection; once the server has been reached, ride out its restarts."""
-        deadline = time.monotonic() + (RECONNECT_WINDOW if self._reached else 0.0)
+        # Once reached, a server that refuses connections or closes them before its
+        # banner is restarting; a first connection fails at once: a setting to fix.
+        window = reconnect_window()
+        deadline = time.monotonic() + (window if self._reached else 0.0)
         delay = 0.5
         while True:
             try:
