@@ -30,6 +30,8 @@ setup(
             "types-paramiko",
             "ansible-lint>=24",
             "yamllint>=1.35",
+            # Resolves the images' requirements for other platforms (tests/test_platforms.py).
+            "uv>=0.5",
             "molecule>=25",
             "molecule-plugins[docker]>=23",
         ],
