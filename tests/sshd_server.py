@@ -102,6 +102,8 @@ class SSHDServer:
     host_key: Path
     authorized_keys: Path
     name: str = "sshd"
+    # Extra options of internal-sftp, e.g. "-P mkdir" to refuse mkdir requests.
+    sftp_options: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -130,7 +132,7 @@ class SSHDServer:
                     "UseDNS no",
                     "MaxStartups 100",
                     "MaxSessions 50",
-                    "Subsystem sftp internal-sftp",
+                    f"Subsystem sftp internal-sftp {self.sftp_options}".rstrip(),
                     "LogLevel INFO",
                     "",
                 ]
@@ -332,6 +334,20 @@ class SSHTestEnv:
             self.server.authorized_keys,
             name=name,
         )
+        server.start()
+        self.extra_servers.append(server)
+        return server
+
+    def start_variant(self, name: str, sftp_options: str) -> SSHDServer:
+        """Start a second sshd with the main host key on a port of its own.
+
+        Its known_hosts entry is added, so ``sftp://artifacts:<port>/...`` reaches it.
+        """
+        server = SSHDServer(
+            self.root, free_port(), self.server.host_key, self.server.authorized_keys, name, sftp_options
+        )
+        with self.known_hosts.open("a") as known_hosts:
+            known_hosts.write(f"[{LISTEN_ADDRESS}]:{server.port} {public_key(self.server.host_key)}\n")
         server.start()
         self.extra_servers.append(server)
         return server

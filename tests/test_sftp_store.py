@@ -381,6 +381,51 @@ def test_delete_artifacts(repo: SFTPArtifactRepository, tmp_path: Path, remote_d
     assert not remote_dir.exists()
 
 
+def test_refused_mkdir_is_reported_with_its_path(ssh_env: SSHTestEnv, tmp_path: Path, remote_dir: Path) -> None:
+    server = ssh_env.start_variant("no_mkdir", sftp_options="-P mkdir")
+    repository = sftp_repo(f"sftp://artifacts:{server.port}{remote_dir}")
+    with pytest.raises(PermissionError) as info:
+        repository.log_artifact(str(make_file(tmp_path, size=10)), "sub")
+    assert info.value.filename == str(remote_dir)
+    assert "Permission denied" in str(info.value)
+    assert not remote_dir.exists()
+
+
+def test_sftp_errors_name_the_remote_path(
+    ssh_env: SSHTestEnv, repo: SFTPArtifactRepository, tmp_path: Path, remote_dir: Path
+) -> None:
+    # A file over a directory: the server answers only "Failure".
+    (remote_dir / "model.bin").mkdir(parents=True)
+    with pytest.raises(OSError) as info:
+        repo.log_artifact(str(make_file(tmp_path, size=10)))
+    assert str(remote_dir / "model.bin") in str(info.value)
+    assert (remote_dir / "model.bin").is_dir()
+    assert [p.name for p in remote_dir.iterdir()] == ["model.bin"]  # no temporary file left
+
+    # A file where a directory is needed.
+    (remote_dir / "plain").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError) as info:
+        repo.log_artifact(str(make_file(tmp_path, size=10)), "plain/sub")
+    assert str(remote_dir / "plain") in str(info.value)
+
+    # Downloading what is not there.
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        repo._download_file("missing.bin", str(dst / "missing.bin"))
+    assert str(remote_dir / "missing.bin") in str(info.value)
+
+    # Requests the server refuses: removing files and directories.
+    server = ssh_env.start_variant("no_remove", sftp_options="-P remove,rmdir")
+    refusing = sftp_repo(f"sftp://artifacts:{server.port}{remote_dir}")
+    with pytest.raises(PermissionError) as info:
+        refusing.delete_artifacts("plain")
+    assert info.value.filename == str(remote_dir / "plain")
+    with pytest.raises(PermissionError) as info:
+        refusing.delete_artifacts("model.bin")
+    assert info.value.filename == str(remote_dir / "model.bin")
+
+
 @pytest.mark.parametrize(("parallel", "low", "high"), [("1", 1, 1), ("4", 2, 4)])
 def test_log_artifacts_uses_parallel_connections(
     ssh_env: SSHTestEnv,

@@ -18,7 +18,7 @@ from .errors import invalid
 from .pool import Connection, pool_for
 from .settings import parallelism
 from .target import resolve_target
-from .transfer import TEMP_PREFIX, download_file, is_dir, makedirs, rmtree, upload_file
+from .transfer import TEMP_PREFIX, download_file, is_dir, makedirs, naming, rmtree, upload_file
 
 _logger = logging.getLogger(__name__)
 
@@ -188,7 +188,8 @@ class SFTPArtifactRepository(ArtifactRepository):
 
         def operation(conn: Connection) -> bool:
             try:
-                return is_dir(conn.sftp.stat(remote))
+                with naming(remote, "stat"):
+                    return is_dir(conn.sftp.stat(remote))
             except FileNotFoundError:
                 return False
 
@@ -201,9 +202,10 @@ class SFTPArtifactRepository(ArtifactRepository):
         def operation(conn: Connection) -> list[FileInfo]:
             sftp = conn.sftp
             try:
-                if not is_dir(sftp.stat(remote)):
-                    return []
-                entries = sftp.listdir_attr(remote)
+                with naming(remote, "list"):
+                    if not is_dir(sftp.stat(remote)):
+                        return []
+                    entries = sftp.listdir_attr(remote)
             except FileNotFoundError:
                 return []
             infos = []
@@ -213,8 +215,10 @@ class SFTPArtifactRepository(ArtifactRepository):
                     continue
                 attrs = entry
                 if stat.S_ISLNK(entry.st_mode or 0):
+                    target = posixpath.join(remote, name)
                     try:
-                        attrs = sftp.stat(posixpath.join(remote, name))
+                        with naming(target, "stat"):
+                            attrs = sftp.stat(target)
                     except FileNotFoundError:  # dangling symlink
                         continue
                 child = posixpath.join(relative, name) if relative else name
@@ -237,12 +241,14 @@ class SFTPArtifactRepository(ArtifactRepository):
         def operation(conn: Connection) -> None:
             sftp = conn.sftp
             try:
-                attrs = sftp.lstat(remote)
+                with naming(remote, "lstat"):
+                    attrs = sftp.lstat(remote)
             except FileNotFoundError:
                 return
             if is_dir(attrs):
                 rmtree(sftp, remote)
             else:
-                sftp.remove(remote)
+                with naming(remote, "remove"):
+                    sftp.remove(remote)
 
         self._with_connection(operation)

@@ -8,6 +8,7 @@ import os
 import posixpath
 import stat
 import uuid
+from collections.abc import Iterator
 
 import paramiko
 
@@ -22,21 +23,50 @@ def is_dir(attrs: paramiko.SFTPAttributes) -> bool:
     return stat.S_ISDIR(attrs.st_mode or 0)
 
 
+# paramiko turns an SFTP status into OSError(errno, text) for "no such file" and
+# "permission denied", and into OSError(text) for everything else, never with the path.
+_SFTP_STATUS_ERRORS = (OSError, FileNotFoundError, PermissionError)
+
+
+def with_path(exc: OSError, path: str, action: str) -> OSError:
+    """The SFTP error ``exc`` again, naming the remote ``path`` and the request."""
+    if exc.errno is not None:
+        # OSError(errno, ...) picks the matching subclass (FileNotFoundError, ...).
+        return OSError(exc.errno, f"{exc.strerror or exc} (SFTP {action})", path)
+    text = str(exc) or "the server gave no reason"
+    return OSError(f"SFTP {action} of {path} failed: {text}")
+
+
+@contextlib.contextmanager
+def naming(path: str, action: str) -> Iterator[None]:
+    """Let the SFTP errors raised inside name ``path``."""
+    try:
+        yield
+    except _SFTP_STATUS_ERRORS as exc:
+        if exc.filename is not None or type(exc) not in _SFTP_STATUS_ERRORS:
+            raise  # already names a path, or is not an SFTP status (e.g. a timeout)
+        raise with_path(exc, path, action) from exc
+
+
 def makedirs(sftp: paramiko.SFTPClient, path: str, known: set[str]) -> None:
     """``mkdir -p``, tolerant of others creating the same directories concurrently."""
     if path in known:
         return
     try:
-        attrs = sftp.stat(path)
+        with naming(path, "stat"):
+            attrs = sftp.stat(path)
     except FileNotFoundError:
         parent = posixpath.dirname(path)
         if parent != path:
             makedirs(sftp, parent, known)
         try:
             sftp.mkdir(path)
-        except OSError:
-            # Created concurrently? (stat raises if it really is missing.)
-            attrs = sftp.stat(path)
+        except OSError as exc:
+            # Created concurrently? If not, the mkdir error is the one to report.
+            try:
+                attrs = sftp.stat(path)
+            except OSError:
+                raise with_path(exc, path, "mkdir") from exc
             if not is_dir(attrs):
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path) from None
     else:
@@ -48,10 +78,20 @@ def makedirs(sftp: paramiko.SFTPClient, path: str, known: set[str]) -> None:
 def _replace(sftp: paramiko.SFTPClient, source: str, destination: str) -> None:
     try:
         sftp.posix_rename(source, destination)  # atomic overwrite (OpenSSH extension)
-    except OSError:
-        # Plain SFTP v3 rename refuses to overwrite.
-        with contextlib.suppress(FileNotFoundError):
-            sftp.remove(destination)
+        return
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            if is_dir(sftp.stat(destination)):
+                raise IsADirectoryError(
+                    errno.EISDIR, "Is a directory, not replaced by the uploaded file", destination
+                ) from exc
+        if exc.errno is not None:  # no such file, permission denied: a real refusal
+            raise with_path(exc, destination, "posix-rename") from exc
+    # Not supported (the server's reason is only text): plain SFTP v3 rename, which
+    # refuses to overwrite.
+    with contextlib.suppress(FileNotFoundError), naming(destination, "remove"):
+        sftp.remove(destination)
+    with naming(destination, "rename"):
         sftp.rename(source, destination)
 
 
@@ -61,14 +101,14 @@ def upload_file(conn: Connection, local_path: str, remote_path: str) -> None:
     temp_path = posixpath.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
     chunk = conn.write_size
     try:
-        with open(local_path, "rb") as source:
+        with open(local_path, "rb") as source, naming(remote_path, "upload"):
             size = os.fstat(source.fileno()).st_size
             with sftp.open(temp_path, "wb") as target:
                 target.set_pipelined(True)
                 target.MAX_REQUEST_SIZE = chunk
                 while data := source.read(chunk):
                     target.write(data)
-        written = sftp.stat(temp_path).st_size
+            written = sftp.stat(temp_path).st_size
         if written != size:
             raise OSError(
                 errno.EIO,
@@ -85,7 +125,7 @@ def upload_file(conn: Connection, local_path: str, remote_path: str) -> None:
 
 def download_file(conn: Connection, remote_path: str, local_path: str) -> None:
     chunk = conn.read_size
-    with conn.sftp.open(remote_path, "rb") as source:
+    with naming(remote_path, "download"), conn.sftp.open(remote_path, "rb") as source:
         source.MAX_REQUEST_SIZE = chunk
         size = source.stat().st_size or 0
         source.prefetch(size, _PREFETCH_REQUESTS)
@@ -103,15 +143,18 @@ def download_file(conn: Connection, remote_path: str, local_path: str) -> None:
 
 
 def rmtree(sftp: paramiko.SFTPClient, path: str) -> None:
-    for entry in sftp.listdir_attr(path):
+    with naming(path, "list"):
+        entries = sftp.listdir_attr(path)
+    for entry in entries:
         child = posixpath.join(path, entry.filename)
         try:
             # readdir attributes are lstat ones: directory symlinks are not followed
             if is_dir(entry):
                 rmtree(sftp, child)
             else:
-                sftp.remove(child)
+                with naming(child, "remove"):
+                    sftp.remove(child)
         except FileNotFoundError:
             pass
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError), naming(path, "rmdir"):
         sftp.rmdir(path)
