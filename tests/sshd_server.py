@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,16 +290,27 @@ class SSHTestEnv:
         known_hosts: Path | None = None,
         identity_file: Path | None = None,
         port: int | None = None,
+        identity_files: Sequence[Path] | None = None,
+        first_lines: Sequence[str] = (),
+        host_lines: Sequence[str] = (),
     ) -> Path:
-        """Write a client ssh_config for the ``artifacts`` alias (with overrides)."""
+        """Write a client ssh_config for the ``artifacts`` alias (with overrides).
+
+        ``identity_files`` replaces the one IdentityFile line (``[]``: none at all);
+        ``first_lines`` go before the ``Host`` block, ``host_lines`` into it.
+        """
+        if identity_files is None:
+            identity_files = [identity_file or self.client_key]
         path.write_text(
             "\n".join(
                 [
+                    *first_lines,
                     f"Host {HOST_ALIAS}",
                     f"    HostName {LISTEN_ADDRESS}",
                     f"    Port {self.port if port is None else port}",
                     f"    User {self.user}",
-                    f"    IdentityFile {identity_file or self.client_key}",
+                    *(f"    IdentityFile {key}" for key in identity_files),
+                    *(f"    {line}" for line in host_lines),
                     "    IdentitiesOnly yes",
                     f"    UserKnownHostsFile {known_hosts or self.known_hosts}",
                     "    GlobalKnownHostsFile /dev/null",

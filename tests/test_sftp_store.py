@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from aie.sftp_store import (
     SFTPArtifactRepository,
     SFTPAuthenticationError,
     SFTPHostKeyError,
+    SSHConfigWarning,
     close_connections,
     resolve_target,
 )
@@ -227,7 +229,7 @@ def test_resolve_target_reads_ssh_config(tmp_path: Path, monkeypatch: pytest.Mon
     assert target.hostname == "store.example.internal"
     assert target.username == "alice"
     assert target.port == 2222
-    assert target.identity_file == f"{home}/keys/first"
+    assert target.identity_files == (f"{home}/keys/first", f"{home}/keys/second")
     assert target.known_hosts_files == (f"{home}/kh/one", "/etc/kh/two")
 
     explicit = resolve_target("store", username="bob", port=22)
@@ -507,6 +509,69 @@ def test_wrong_client_key_fails_authentication(
     assert isinstance(info.value, paramiko.AuthenticationException)
     assert str(wrong_key) in str(info.value)
     assert not remote_dir.exists()
+
+
+def test_next_identity_file_is_used_when_the_first_is_missing(
+    ssh_env: SSHTestEnv, tmp_path: Path, remote_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As OpenSSH does: a configured IdentityFile that does not exist is skipped.
+    config = ssh_env.write_client_config(
+        tmp_path / "config", identity_files=[tmp_path / "missing_key", ssh_env.client_key]
+    )
+    monkeypatch.setenv(ENV_SSH_CONFIG, str(config))
+    close_connections()
+    src = make_file(tmp_path, size=100)
+    sftp_repo(ssh_env.uri(remote_dir)).log_artifact(str(src))
+    assert sha256(remote_dir / src.name) == sha256(src)
+
+
+def test_no_usable_key_raises_the_stores_authentication_error(
+    ssh_env: SSHTestEnv, tmp_path: Path, remote_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = make_file(tmp_path, size=10)
+    missing = [tmp_path / "missing_one", tmp_path / "missing_two"]
+    not_a_key = tmp_path / "not_a_key"
+    not_a_key.write_text("this is not a private key\n")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))  # paramiko's default key files: none
+    cases = {
+        "missing": (missing, [str(p) for p in missing]),
+        "not a key": ([not_a_key], [str(not_a_key)]),
+        "none configured": ([], ["default key"]),
+    }
+    for name, (keys, named) in cases.items():
+        config = ssh_env.write_client_config(tmp_path / "config", identity_files=keys)
+        monkeypatch.setenv(ENV_SSH_CONFIG, str(config))
+        with pytest.raises(SFTPAuthenticationError) as info:
+            sftp_repo(ssh_env.uri(remote_dir)).log_artifact(str(src))
+        for word in named:
+            assert word in str(info.value), name
+        assert f"127.0.0.1 port {ssh_env.port}" in str(info.value), name
+    assert not remote_dir.exists()
+
+
+def test_include_and_proxyjump_are_warned_about(
+    ssh_env: SSHTestEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = ssh_env.write_client_config(
+        tmp_path / "config",
+        first_lines=[f"Include {tmp_path}/config.d/*"],
+        host_lines=["ProxyJump bastion.example"],
+    )
+    monkeypatch.setenv(ENV_SSH_CONFIG, str(config))
+    with pytest.warns(SSHConfigWarning) as record:
+        resolve_target("artifacts")
+    messages = "\n".join(str(w.message) for w in record)
+    assert f"Include {tmp_path}/config.d/*" in messages
+    assert "ProxyJump bastion.example" in messages
+    assert str(config) in messages
+
+    plain = ssh_env.write_client_config(tmp_path / "plain")
+    monkeypatch.setenv(ENV_SSH_CONFIG, str(plain))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_target("artifacts")
 
 
 # --------------------------------------------------------------------------------------

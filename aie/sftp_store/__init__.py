@@ -23,13 +23,16 @@ Behaviour:
 
 * URI ``sftp://[user@]host[:port]/absolute/path``. ``host`` may be a ``Host`` alias
   of the SSH client config (``$AIE_SSH_CONFIG``, default ``~/.ssh/config``), whose
-  ``HostName``, ``User``, ``Port``, first ``IdentityFile`` and
+  ``HostName``, ``User``, ``Port``, ``IdentityFile`` and
   ``UserKnownHostsFile`` / ``GlobalKnownHostsFile`` are honoured. User and port
-  written in the URI win over the config.
+  written in the URI win over the config. ``Include``, ``ProxyJump`` and
+  ``ProxyCommand`` are not followed; an :class:`SSHConfigWarning` says so.
 * Host keys are always verified against known_hosts; unknown and mismatching keys
   are refused (:class:`SFTPHostKeyError`). There is no trust on first use.
-* Authentication is by key only: the configured ``IdentityFile``, or paramiko's
-  default key files when none is configured. No agent, no passwords.
+* Authentication is by key only: the configured ``IdentityFile`` entries in order
+  (missing ones skipped, as OpenSSH does), or paramiko's default key files when none
+  is configured. No agent, no passwords. Without a usable key, or when the server
+  refuses them, :class:`SFTPAuthenticationError` names the keys tried.
 * Connections are pooled per target and shared by all repositories of the process.
   An operation that fails because its connection died (server restarted) is retried
   once on a new connection. Once a server has been reached, reconnecting keeps trying
@@ -78,7 +81,7 @@ if not TYPE_CHECKING:
 
 
 # Imported after the definitions above on purpose (they import mlflow); see __getattr__.
-from .errors import SFTPAuthenticationError, SFTPHostKeyError  # noqa: E402
+from .errors import SFTPAuthenticationError, SFTPHostKeyError, SSHConfigWarning  # noqa: E402
 from .pool import close_connections  # noqa: E402
 from .repository import SFTPArtifactRepository  # noqa: E402
 from .settings import ENV_PARALLEL, ENV_RECONNECT_SECONDS, ENV_SSH_CONFIG  # noqa: E402
@@ -91,6 +94,7 @@ __all__ = [
     "SFTPArtifactRepository",
     "SFTPAuthenticationError",
     "SFTPHostKeyError",
+    "SSHConfigWarning",
     "SSHTarget",
     "close_connections",
     "resolve_target",

@@ -14,6 +14,10 @@ class SFTPAuthenticationError(paramiko.AuthenticationException):
     """The server refused our key (or no usable key was found)."""
 
 
+class SSHConfigWarning(UserWarning):
+    """The SSH client config uses something this store cannot follow (Include, ProxyJump)."""
+
+
 def invalid(message: str) -> MlflowException:
     """A bad URI, artifact path or setting (MLflow's INVALID_PARAMETER_VALUE)."""
     exc: MlflowException = MlflowException.invalid_parameter_value(message)

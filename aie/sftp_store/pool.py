@@ -142,10 +142,20 @@ class Connection:
             self.client.close()
 
 
+def _keys_tried(target: SSHTarget, identities: list[str]) -> str:
+    if not target.identity_files:
+        return "paramiko's default key files (~/.ssh/id_rsa, id_ecdsa, id_ed25519)"
+    return ", ".join(identities)
+
+
 def open_connection(target: SSHTarget) -> Connection:
-    if target.identity_file is not None and not os.path.isfile(target.identity_file):
+    # Like OpenSSH, skip the configured IdentityFiles that do not exist (paramiko would
+    # stop at the first with FileNotFoundError) and try the others in order.
+    identities = [path for path in target.identity_files if os.path.isfile(path)]
+    if target.identity_files and not identities:
         raise SFTPAuthenticationError(
-            f"IdentityFile {target.identity_file} configured for {target.describe()} does not exist"
+            f"No usable key for {target.describe()}: none of the configured IdentityFiles "
+            f"exists ({', '.join(target.identity_files)})"
         )
     client = paramiko.SSHClient()
     sock: socket.socket | None = None
@@ -164,9 +174,10 @@ def open_connection(target: SSHTarget) -> Connection:
             target.hostname,
             port=target.port,
             username=target.username,
-            key_filename=target.identity_file,
+            # A list is documented ("the filename, or list of filenames"); the stubs say str.
+            key_filename=identities,  # type: ignore[arg-type]
             allow_agent=False,
-            look_for_keys=target.identity_file is None,
+            look_for_keys=not identities,
             timeout=_CONNECT_TIMEOUT,
             banner_timeout=_CONNECT_TIMEOUT,
             auth_timeout=_CONNECT_TIMEOUT,
@@ -193,10 +204,28 @@ def open_connection(target: SSHTarget) -> Connection:
         ) from exc
     except paramiko.AuthenticationException as exc:
         client.close()
-        key = target.identity_file or "paramiko's default key files"
         raise SFTPAuthenticationError(
-            f"SSH public-key authentication to {target.describe()} failed with {key}: {exc}"
+            f"SSH public-key authentication to {target.describe()} failed with "
+            f"{_keys_tried(target, identities)}: {exc}"
         ) from exc
+    except SFTPHostKeyError:
+        client.close()
+        raise
+    except paramiko.SSHException as exc:
+        # After the key exchange, on a live transport that is not authenticated, an
+        # SSHException comes from the authentication step: no key file found, or one
+        # that paramiko cannot load ("No authentication methods available", "not a
+        # valid ... private key file").
+        transport = client.get_transport()
+        in_auth = transport is not None and transport.is_active() and not transport.is_authenticated()
+        client.close()
+        if sock is not None:
+            sock.close()
+        if in_auth:
+            raise SFTPAuthenticationError(
+                f"No usable key for {target.describe()} among {_keys_tried(target, identities)}: {exc}"
+            ) from exc
+        raise
     except BaseException:
         client.close()
         if sock is not None:

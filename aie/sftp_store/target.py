@@ -5,13 +5,14 @@ from __future__ import annotations
 import getpass
 import os
 import shlex
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
 import paramiko
 
-from .errors import invalid
+from .errors import SSHConfigWarning, invalid
 from .settings import ssh_config_path
 
 _DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts",)
@@ -26,7 +27,8 @@ class SSHTarget:
     hostname: str
     port: int
     username: str
-    identity_file: str | None
+    # Every IdentityFile configured, in order (empty: paramiko's default key files).
+    identity_files: tuple[str, ...]
     known_hosts_files: tuple[str, ...]
 
     def describe(self) -> str:
@@ -40,6 +42,29 @@ def _config_files(options: Mapping[str, object], key: str, default: Iterable[str
     return [os.path.expanduser(w) for w in words if w.lower() != "none"]
 
 
+# Options paramiko's SSHConfig parses but SSHClient does not act on (paramiko keeps an
+# ``Include`` line as a plain option, so the included files are never read).
+_UNSUPPORTED_OPTIONS = {
+    "include": "the files it names are not read",
+    "proxyjump": "the store connects to the host directly",
+    "proxycommand": "the store connects to the host directly",
+}
+
+
+def _warn_unsupported(options: Mapping[str, object], host: str, config_path: str) -> None:
+    for key, consequence in _UNSUPPORTED_OPTIONS.items():
+        value = options.get(key)
+        if value:
+            words = " ".join(value) if isinstance(value, list) else str(value)
+            name = {"include": "Include", "proxyjump": "ProxyJump", "proxycommand": "ProxyCommand"}[key]
+            warnings.warn(
+                f"{config_path} applies '{name} {words}' to host {host!r}, which the SFTP artifact store "
+                f"does not support: {consequence}",
+                SSHConfigWarning,
+                stacklevel=3,
+            )
+
+
 def resolve_target(host: str, username: str | None = None, port: int | None = None) -> SSHTarget:
     """Combine URI parts with the SSH client config; explicit user and port win."""
     config_path = ssh_config_path()
@@ -50,12 +75,12 @@ def resolve_target(host: str, username: str | None = None, port: int | None = No
     hostname = options.get("hostname")
     config_port = options.get("port")
     config_user = options.get("user")
-    identities = options.get("identityfile")
-    identity: str | None = None
-    if isinstance(identities, list) and identities:
-        identity = os.path.expanduser(str(identities[0]))
-    elif isinstance(identities, str) and identities:
-        identity = os.path.expanduser(identities)
+    raw_identities = options.get("identityfile")
+    identities = [raw_identities] if isinstance(raw_identities, str) else raw_identities
+    identity_files = [
+        os.path.expanduser(str(i)) for i in (identities if isinstance(identities, list) else []) if str(i) != "none"
+    ]
+    _warn_unsupported(options, host, config_path)
 
     if port is None:
         try:
@@ -69,6 +94,6 @@ def resolve_target(host: str, username: str | None = None, port: int | None = No
         hostname=hostname if isinstance(hostname, str) and hostname else host,
         port=port,
         username=username or (config_user if isinstance(config_user, str) else getpass.getuser()),
-        identity_file=identity,
+        identity_files=tuple(identity_files),
         known_hosts_files=tuple(known_hosts),
     )
