@@ -361,6 +361,33 @@ def test_log_artifacts_tree_and_list(repo: SFTPArtifactRepository, tmp_path: Pat
     assert (local / "empty_dir").is_dir()
 
 
+def test_log_artifacts_follows_symlinked_folders(
+    repo: SFTPArtifactRepository, tmp_path: Path, remote_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outside = tmp_path / "outside"
+    write_random(outside / "inner" / "a.bin", 1000)
+    (outside / "back").symlink_to(outside)  # a loop inside the linked folder
+    tree = tmp_path / "tree"
+    write_random(tree / "top.bin", 10)
+    (tree / "linked").symlink_to(outside)
+    (tree / "linked_twice").symlink_to(outside / "inner")
+    (tree / "sub").mkdir()
+    (tree / "sub" / "loop").symlink_to(tree)  # back to the root
+    caplog.set_level(logging.WARNING, logger="aie.sftp_store")
+
+    repo.log_artifacts(str(tree))
+
+    assert sha256(remote_dir / "linked" / "inner" / "a.bin") == sha256(outside / "inner" / "a.bin")
+    assert sha256(remote_dir / "linked_twice" / "a.bin") == sha256(outside / "inner" / "a.bin")
+    assert (remote_dir / "top.bin").stat().st_size == 10
+    assert (remote_dir / "sub").is_dir()
+    assert not (remote_dir / "sub" / "loop").exists()
+    assert not (remote_dir / "linked" / "back").exists()
+    assert f"{tree / 'sub' / 'loop'}" in caplog.text
+    assert f"{tree / 'linked' / 'back'}" in caplog.text
+    assert caplog.text.count("symlink loop") == 2
+
+
 def test_delete_artifacts(repo: SFTPArtifactRepository, tmp_path: Path, remote_dir: Path) -> None:
     tree = tmp_path / "tree"
     files = make_tree(tree)

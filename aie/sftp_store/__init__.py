@@ -43,7 +43,8 @@ Behaviour:
   largest write size the server advertises (``limits@openssh.com``), prefer AES-GCM
   (the cheapest cipher for both ends on CPUs with AES instructions), and are written
   under a hidden temporary name that is renamed into place when complete, so readers
-  never see partial artifacts.
+  never see partial artifacts. Symlinked folders are followed; a symlink loop is
+  skipped with a warning.
 
 Layout: ``target`` resolves the URI's host through the SSH client config, ``pool``
 opens and pools the connections, ``transfer`` holds the SFTP operations on one

@@ -25,6 +25,49 @@ _logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
+def _local_tree(local_root: str, remote_root: str) -> tuple[list[str], list[tuple[int, str, str]]]:
+    """The remote directories and (size, local path, remote path) of the files to upload.
+
+    Symlinked folders are followed, like the files symlinks point to; a folder that
+    leads back to one of its own ancestors (a symlink loop) is skipped with a warning.
+    """
+    directories = [remote_root]
+    files: list[tuple[int, str, str]] = []
+
+    def raise_error(error: OSError) -> NoReturn:
+        raise error
+
+    def identity(path: str) -> tuple[int, int]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    # The (device, inode) of each walked folder and of its ancestors.
+    ancestry = {local_root: frozenset({identity(local_root)})}
+    for current, dirnames, filenames in os.walk(local_root, onerror=raise_error, followlinks=True):
+        ancestors = ancestry.pop(current)
+        kept = []
+        for name in dirnames:
+            path = os.path.join(current, name)
+            key = identity(path)
+            if key in ancestors:
+                _logger.warning(
+                    "Not uploading %s: a symlink loop (it leads back to %s)", path, os.path.realpath(path)
+                )
+                continue
+            ancestry[path] = ancestors | {key}
+            kept.append(name)
+        dirnames[:] = kept  # os.walk descends only into these
+
+        relative = os.path.relpath(current, local_root)
+        remote_dir = remote_root if relative == os.curdir else posixpath.join(remote_root, *relative.split(os.sep))
+        # Also creates empty directories, like MLflow's local store.
+        directories.append(remote_dir)
+        for name in filenames:
+            local_path = os.path.join(current, name)
+            files.append((os.path.getsize(local_path), local_path, posixpath.join(remote_dir, name)))
+    return directories, files
+
+
 class SFTPArtifactRepository(ArtifactRepository):
     """Stores artifacts as files in a remote directory, over SFTP (paramiko)."""
 
@@ -132,26 +175,7 @@ class SFTPArtifactRepository(ArtifactRepository):
     def log_artifacts(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         local_root = os.fspath(local_dir)
         remote_root = self._remote(self._relative(artifact_path))
-        directories = [remote_root]
-        files: list[tuple[int, str, str]] = []
-
-        def raise_error(error: OSError) -> NoReturn:
-            raise error
-
-        for current, _dirnames, filenames in os.walk(local_root, onerror=raise_error):
-            relative = os.path.relpath(current, local_root)
-            remote_dir = remote_root if relative == os.curdir else posixpath.join(remote_root, *relative.split(os.sep))
-            # Also creates empty directories, like MLflow's local store.
-            directories.append(remote_dir)
-            for name in filenames:
-                local_path = os.path.join(current, name)
-                files.append(
-                    (
-                        os.path.getsize(local_path),
-                        local_path,
-                        posixpath.join(remote_dir, name),
-                    )
-                )
+        directories, files = _local_tree(local_root, remote_root)
 
         def make_directories(conn: Connection) -> None:
             known: set[str] = set()
