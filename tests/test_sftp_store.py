@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -425,9 +426,9 @@ def test_sftp_errors_name_the_remote_path(
 ) -> None:
     # A file over a directory: the server answers only "Failure".
     (remote_dir / "model.bin").mkdir(parents=True)
-    with pytest.raises(OSError) as info:
+    with pytest.raises(IsADirectoryError) as info:
         repo.log_artifact(str(make_file(tmp_path, size=10)))
-    assert str(remote_dir / "model.bin") in str(info.value)
+    assert info.value.filename == str(remote_dir / "model.bin")
     assert (remote_dir / "model.bin").is_dir()
     assert [p.name for p in remote_dir.iterdir()] == ["model.bin"]  # no temporary file left
 
@@ -477,6 +478,62 @@ def test_log_artifacts_uses_parallel_connections(
     assert low <= opened <= high
     for i in range(12):
         assert sha256(remote_dir / f"f{i}.bin") == sha256(tree / f"f{i}.bin")
+
+
+def test_interrupting_log_artifacts_stops_the_uploads(
+    ssh_env: SSHTestEnv, tmp_path: Path, remote_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_PARALLEL, "2")
+    tree = tmp_path / "tree"
+    for name in ("large_a.bin", "large_b.bin"):  # uploaded first: largest first
+        write_random(tree / name, 48 * 1024 * 1024)
+    for i in range(60):
+        write_random(tree / f"small_{i:02d}.bin", 10_000)
+    repository = sftp_repo(ssh_env.uri(remote_dir))
+    main = threading.main_thread().ident
+    assert main == threading.get_ident()  # pytest runs tests in the main thread
+    interrupted: list[float] = []
+
+    def press_ctrl_c_once_uploading() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if remote_dir.is_dir() and any(p.name.startswith(".aie-upload.") for p in remote_dir.iterdir()):
+                interrupted.append(time.monotonic())
+                signal.pthread_kill(main, signal.SIGINT)
+                return
+            time.sleep(0.001)
+
+    presser = threading.Thread(target=press_ctrl_c_once_uploading)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            repository.log_artifacts(str(tree))
+        stopped = time.monotonic()
+    finally:
+        presser.join()
+    assert interrupted, "the upload never started"
+    assert stopped - interrupted[0] < 5
+    # Neither the queued files nor the interrupted ones arrived, and nothing is left over.
+    assert list(remote_dir.iterdir()) == []
+    shutil.rmtree(tree)
+
+
+def test_a_failed_upload_stops_the_others_and_is_the_error_raised(
+    repo: SFTPArtifactRepository, tmp_path: Path, remote_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_PARALLEL, "2")
+    tree = tmp_path / "tree"
+    write_random(tree / "large.bin", 64 * 1024 * 1024)
+    for i in range(20):
+        write_random(tree / f"small_{i:02d}.bin", 1000)
+    (remote_dir / "small_00.bin").mkdir(parents=True)  # fails: a directory is in the way
+    with pytest.raises(IsADirectoryError) as info:
+        repo.log_artifacts(str(tree))
+    assert info.value.filename == str(remote_dir / "small_00.bin")
+    left = {p.name for p in remote_dir.iterdir()}
+    assert "large.bin" not in left  # stopped midway (no temporary file left either)
+    assert not {name for name in left if name.startswith(".aie-upload.")}
+    shutil.rmtree(tree)
 
 
 # --------------------------------------------------------------------------------------

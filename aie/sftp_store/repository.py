@@ -7,6 +7,7 @@ import logging
 import os
 import posixpath
 import stat
+import threading
 import urllib.parse
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
@@ -18,11 +19,14 @@ from .errors import invalid
 from .pool import Connection, pool_for
 from .settings import parallelism
 from .target import resolve_target
-from .transfer import TEMP_PREFIX, download_file, is_dir, makedirs, naming, rmtree, upload_file
+from .transfer import TEMP_PREFIX, UploadStopped, download_file, is_dir, makedirs, naming, rmtree, upload_file
 
 _logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# How often the thread waiting for parallel uploads wakes up (see log_artifacts).
+_WAKE_UP_SECONDS = 0.2
 
 
 def _local_tree(local_root: str, remote_root: str) -> tuple[list[str], list[tuple[int, str, str]]]:
@@ -191,21 +195,44 @@ class SFTPArtifactRepository(ArtifactRepository):
             for _size, local_path, remote_path in files:
                 self._upload(local_path, remote_path)
             return
-        with concurrent.futures.ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="aie-sftp-upload"
-        ) as executor:
-            futures = [
-                executor.submit(self._upload, local_path, remote_path) for _size, local_path, remote_path in files
-            ]
-            _done, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()
-        for future in futures:
-            if not future.cancelled() and future.exception() is not None:
-                future.result()  # re-raises the first failure
+        stop = threading.Event()
+        go = threading.Event()
 
-    def _upload(self, local_path: str, remote_path: str) -> None:
-        self._with_connection(lambda conn: upload_file(conn, local_path, remote_path))
+        def upload(local_path: str, remote_path: str) -> None:
+            go.wait()
+            if stop.is_set():
+                raise UploadStopped(f"Upload of {local_path} to {remote_path} not started")
+            self._upload(local_path, remote_path, stop)
+
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aie-sftp-upload")
+        try:
+            # Nothing starts before everything is queued: a Ctrl-C while the executor
+            # starts a worker thread can leave that thread out of its bookkeeping, and
+            # shutdown() would not wait for what it does.
+            futures = [executor.submit(upload, local_path, remote_path) for _size, local_path, remote_path in files]
+            go.set()
+            pending = set(futures)
+            while pending:
+                # Wake up now and then: CPython runs the handler of a Ctrl-C that arrives
+                # as this thread goes to sleep on a lock only once the thread wakes up.
+                done, pending = concurrent.futures.wait(
+                    pending, timeout=_WAKE_UP_SECONDS, return_when=concurrent.futures.FIRST_EXCEPTION
+                )
+                if any(f.exception() is not None for f in done):
+                    break
+        finally:
+            # After a failed upload, or an exception here (Ctrl-C's KeyboardInterrupt),
+            # drop the queued uploads and stop the running ones at their next write.
+            stop.set()
+            go.set()
+            executor.shutdown(wait=True, cancel_futures=True)
+        failed = [f for f in futures if not f.cancelled() and f.exception() is not None]
+        # The uploads stopped because of a failure come first (largest first): skip them.
+        for future in sorted(failed, key=lambda f: isinstance(f.exception(), UploadStopped)):
+            future.result()  # re-raises the first failure
+
+    def _upload(self, local_path: str, remote_path: str, stop: threading.Event | None = None) -> None:
+        self._with_connection(lambda conn: upload_file(conn, local_path, remote_path, stop))
 
     def _is_directory(self, artifact_path: str | None) -> bool:
         remote = self._remote(self._relative(artifact_path))

@@ -7,6 +7,7 @@ import errno
 import os
 import posixpath
 import stat
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -80,11 +81,14 @@ def _replace(sftp: paramiko.SFTPClient, source: str, destination: str) -> None:
         sftp.posix_rename(source, destination)  # atomic overwrite (OpenSSH extension)
         return
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            if is_dir(sftp.stat(destination)):
-                raise IsADirectoryError(
-                    errno.EISDIR, "Is a directory, not replaced by the uploaded file", destination
-                ) from exc
+        try:
+            in_the_way = is_dir(sftp.stat(destination))
+        except OSError:
+            in_the_way = False
+        if in_the_way:
+            raise IsADirectoryError(
+                errno.EISDIR, "Is a directory, not replaced by the uploaded file", destination
+            ) from exc
         if exc.errno is not None:  # no such file, permission denied: a real refusal
             raise with_path(exc, destination, "posix-rename") from exc
     # Not supported (the server's reason is only text): plain SFTP v3 rename, which
@@ -95,7 +99,15 @@ def _replace(sftp: paramiko.SFTPClient, source: str, destination: str) -> None:
         sftp.rename(source, destination)
 
 
-def upload_file(conn: Connection, local_path: str, remote_path: str) -> None:
+class UploadStopped(Exception):
+    """An upload given up midway because its batch was stopped (failure or Ctrl-C)."""
+
+
+def upload_file(conn: Connection, local_path: str, remote_path: str, stop: threading.Event | None = None) -> None:
+    """Upload under a temporary name, renamed into place once complete.
+
+    ``stop`` is checked before each write: once it is set, the upload is abandoned.
+    """
     sftp = conn.sftp
     directory = posixpath.dirname(remote_path)
     temp_path = posixpath.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
@@ -107,6 +119,8 @@ def upload_file(conn: Connection, local_path: str, remote_path: str) -> None:
                 target.set_pipelined(True)
                 target.MAX_REQUEST_SIZE = chunk
                 while data := source.read(chunk):
+                    if stop is not None and stop.is_set():
+                        raise UploadStopped(f"Upload of {local_path} to {remote_path} stopped")
                     target.write(data)
             written = sftp.stat(temp_path).st_size
         if written != size:
