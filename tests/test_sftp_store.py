@@ -456,6 +456,28 @@ def test_sftp_errors_name_the_remote_path(
     assert info.value.filename == str(remote_dir / "model.bin")
 
 
+def test_stale_temporary_files_are_swept_from_the_folders_written(
+    repo: SFTPArtifactRepository, tmp_path: Path, remote_dir: Path
+) -> None:
+    # Left by clients that died mid-upload: old ones go, recent ones may be uploads in progress.
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for folder in (remote_dir, remote_dir / "sub", remote_dir / "elsewhere"):
+        folder.mkdir(parents=True)
+        for name in (".aie-upload.stale", ".aie-upload.fresh"):
+            (folder / name).write_bytes(b"partial")
+        os.utime(folder / ".aie-upload.stale", (two_days_ago, two_days_ago))
+
+    repo.log_artifact(str(make_file(tmp_path, size=10)))
+    tree = tmp_path / "tree"
+    write_random(tree / "a.bin", 10)
+    repo.log_artifacts(str(tree), "sub")
+
+    assert sorted(p.name for p in remote_dir.iterdir()) == [".aie-upload.fresh", "elsewhere", "model.bin", "sub"]
+    assert sorted(p.name for p in (remote_dir / "sub").iterdir()) == [".aie-upload.fresh", "a.bin"]
+    # A folder not written to is left alone.
+    assert sorted(p.name for p in (remote_dir / "elsewhere").iterdir()) == [".aie-upload.fresh", ".aie-upload.stale"]
+
+
 @pytest.mark.parametrize(("parallel", "low", "high"), [("1", 1, 1), ("4", 2, 4)])
 def test_log_artifacts_uses_parallel_connections(
     ssh_env: SSHTestEnv,
@@ -742,6 +764,8 @@ def test_operation_interrupted_by_restart_is_retried(
     assert "reconnecting, retrying once" in caplog.text
     assert sha256(remote_dir / src.name) == sha256(src)
     assert [f.path for f in repo.list_artifacts()] == ["large.bin", "warmup.bin"]
+    # The dead connection's temporary file was removed after reconnecting.
+    assert sorted(p.name for p in remote_dir.iterdir()) == ["large.bin", "warmup.bin"]
     repo.delete_artifacts()  # 96 MiB: do not leave it in pytest's kept tmp dirs
     src.unlink()
 

@@ -43,7 +43,9 @@ Behaviour:
   largest write size the server advertises (``limits@openssh.com``), prefer AES-GCM
   (the cheapest cipher for both ends on CPUs with AES instructions), and are written
   under a hidden temporary name that is renamed into place when complete, so readers
-  never see partial artifacts. Symlinked folders are followed; a symlink loop is
+  never see partial artifacts. A temporary file left by a connection that died is
+  removed once reconnected; ones untouched for two hours (left by a client that died)
+  are swept from each folder a repository writes to. Symlinked folders are followed; a symlink loop is
   skipped with a warning.
 
 Layout: ``target`` resolves the URI's host through the SSH client config, ``pool``

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import posixpath
@@ -19,7 +20,19 @@ from .errors import invalid
 from .pool import Connection, pool_for
 from .settings import parallelism
 from .target import resolve_target
-from .transfer import TEMP_PREFIX, UploadStopped, download_file, is_dir, makedirs, naming, rmtree, upload_file
+from .transfer import (
+    STALE_UPLOAD_SECONDS,
+    TEMP_PREFIX,
+    UploadStopped,
+    download_file,
+    is_dir,
+    makedirs,
+    naming,
+    rmtree,
+    sweep_stale_uploads,
+    temp_path_for,
+    upload_file,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -103,6 +116,9 @@ class SFTPArtifactRepository(ArtifactRepository):
         self.path = posixpath.normpath(parsed.path)
         self.target = resolve_target(parsed.hostname, username, port)
         self._pool = pool_for(self.target)
+        # Folders already swept of stale temporary files by this repository.
+        self._swept: set[str] = set()
+        self._swept_lock = threading.Lock()
         super().__init__(artifact_uri, tracking_uri, registry_uri)
 
     @property
@@ -170,11 +186,7 @@ class SFTPArtifactRepository(ArtifactRepository):
         directory = self._remote(self._relative(artifact_path))
         remote = posixpath.join(directory, os.path.basename(local))
 
-        def operation(conn: Connection) -> None:
-            makedirs(conn.sftp, directory, set())
-            upload_file(conn, local, remote)
-
-        self._with_connection(operation)
+        self._upload(local, remote, make_directory=True)
 
     def log_artifacts(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         local_root = os.fspath(local_dir)
@@ -231,8 +243,29 @@ class SFTPArtifactRepository(ArtifactRepository):
         for future in sorted(failed, key=lambda f: isinstance(f.exception(), UploadStopped)):
             future.result()  # re-raises the first failure
 
-    def _upload(self, local_path: str, remote_path: str, stop: threading.Event | None = None) -> None:
-        self._with_connection(lambda conn: upload_file(conn, local_path, remote_path, stop))
+    def _upload(
+        self, local_path: str, remote_path: str, stop: threading.Event | None = None, make_directory: bool = False
+    ) -> None:
+        directory = posixpath.dirname(remote_path)
+        temp_paths: list[str] = []
+
+        def operation(conn: Connection) -> None:
+            # A connection that died mid-upload could not remove its temporary file:
+            # the retry, on a new connection, does.
+            for abandoned in temp_paths:
+                with contextlib.suppress(OSError):
+                    conn.sftp.remove(abandoned)
+            temp_paths.append(temp_path_for(remote_path))
+            if make_directory:
+                makedirs(conn.sftp, directory, set())
+            server_now = upload_file(conn, local_path, remote_path, temp_paths[-1], stop)
+            with self._swept_lock:
+                sweep = directory not in self._swept
+                self._swept.add(directory)
+            if sweep:
+                sweep_stale_uploads(conn.sftp, directory, server_now - STALE_UPLOAD_SECONDS)
+
+        self._with_connection(operation)
 
     def _is_directory(self, artifact_path: str | None) -> bool:
         remote = self._remote(self._relative(artifact_path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import posixpath
 import stat
@@ -15,9 +16,14 @@ import paramiko
 
 from .pool import Connection
 
+_logger = logging.getLogger(__name__)
+
 _PREFETCH_REQUESTS = 64
 # Uploads are written under this hidden name first and renamed into place when complete.
 TEMP_PREFIX = ".aie-upload."
+# A temporary file untouched for this long is the leftover of a client that died (an
+# upload in progress writes to it all the time, or fails within its I/O timeout).
+STALE_UPLOAD_SECONDS = 2 * 3600
 
 
 def is_dir(attrs: paramiko.SFTPAttributes) -> bool:
@@ -103,14 +109,20 @@ class UploadStopped(Exception):
     """An upload given up midway because its batch was stopped (failure or Ctrl-C)."""
 
 
-def upload_file(conn: Connection, local_path: str, remote_path: str, stop: threading.Event | None = None) -> None:
-    """Upload under a temporary name, renamed into place once complete.
+def temp_path_for(remote_path: str) -> str:
+    """A new hidden name, beside ``remote_path``, to upload it under."""
+    return posixpath.join(posixpath.dirname(remote_path), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+
+
+def upload_file(
+    conn: Connection, local_path: str, remote_path: str, temp_path: str, stop: threading.Event | None = None
+) -> float:
+    """Upload as ``temp_path``, renamed to ``remote_path`` once complete.
 
     ``stop`` is checked before each write: once it is set, the upload is abandoned.
+    Returns the uploaded file's modification time: the server's clock.
     """
     sftp = conn.sftp
-    directory = posixpath.dirname(remote_path)
-    temp_path = posixpath.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
     chunk = conn.write_size
     try:
         with open(local_path, "rb") as source, naming(remote_path, "upload"):
@@ -122,7 +134,8 @@ def upload_file(conn: Connection, local_path: str, remote_path: str, stop: threa
                     if stop is not None and stop.is_set():
                         raise UploadStopped(f"Upload of {local_path} to {remote_path} stopped")
                     target.write(data)
-            written = sftp.stat(temp_path).st_size
+            attrs = sftp.stat(temp_path)
+        written = attrs.st_size
         if written != size:
             raise OSError(
                 errno.EIO,
@@ -130,6 +143,7 @@ def upload_file(conn: Connection, local_path: str, remote_path: str, stop: threa
                 remote_path,
             )
         _replace(sftp, temp_path, remote_path)
+        return float(attrs.st_mtime or 0)
     except BaseException:
         if conn.is_active():
             with contextlib.suppress(Exception):
@@ -172,3 +186,26 @@ def rmtree(sftp: paramiko.SFTPClient, path: str) -> None:
             pass
     with contextlib.suppress(FileNotFoundError), naming(path, "rmdir"):
         sftp.rmdir(path)
+
+
+def sweep_stale_uploads(sftp: paramiko.SFTPClient, directory: str, older_than: float) -> None:
+    """Remove the temporary upload files in ``directory`` last written before ``older_than``.
+
+    Best effort: a failure is logged, never raised (the upload it follows succeeded).
+    """
+    try:
+        entries = sftp.listdir_attr(directory)
+    except OSError as exc:
+        _logger.warning("Could not look for stale uploads in %s: %s", directory, exc)
+        return
+    for entry in entries:
+        if entry.filename.startswith(TEMP_PREFIX) and (entry.st_mtime or 0) < older_than:
+            path = posixpath.join(directory, entry.filename)
+            try:
+                sftp.remove(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                _logger.warning("Could not remove the stale upload %s: %s", path, exc)
+            else:
+                _logger.info("Removed the stale upload %s", path)
