@@ -130,7 +130,7 @@ class SSHDServer:
                     "StrictModes no",
                     "UsePAM no",
                     "UseDNS no",
-                    "MaxStartups 100",
+                    # No MaxStartups: sshd's default (10:30:100) is what clients must cope with.
                     "MaxSessions 50",
                     f"Subsystem sftp internal-sftp {self.sftp_options}".rstrip(),
                     "LogLevel INFO",
@@ -293,6 +293,7 @@ class SSHTestEnv:
         identity_files: Sequence[Path] | None = None,
         first_lines: Sequence[str] = (),
         host_lines: Sequence[str] = (),
+        alias: str = HOST_ALIAS,
     ) -> Path:
         """Write a client ssh_config for the ``artifacts`` alias (with overrides).
 
@@ -305,7 +306,7 @@ class SSHTestEnv:
             "\n".join(
                 [
                     *first_lines,
-                    f"Host {HOST_ALIAS}",
+                    f"Host {alias}",
                     f"    HostName {LISTEN_ADDRESS}",
                     f"    Port {self.port if port is None else port}",
                     f"    User {self.user}",

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -556,6 +557,59 @@ def test_a_failed_upload_stops_the_others_and_is_the_error_raised(
     assert "large.bin" not in left  # stopped midway (no temporary file left either)
     assert not {name for name in left if name.startswith(".aie-upload.")}
     shutil.rmtree(tree)
+
+
+def _burst_of_first_uploads(
+    ssh_env: SSHTestEnv, tmp_path: Path, remote_dir: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> list[BaseException]:
+    """``count`` threads each log one artifact at the same moment, to a server never reached."""
+    # A host alias of its own: a pool of its own, which has never reached the server.
+    alias = f"burst-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(ENV_SSH_CONFIG, str(ssh_env.write_client_config(tmp_path / "burst_config", alias=alias)))
+    src = make_file(tmp_path, size=1000)
+    start = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def upload(i: int) -> None:
+        repository = sftp_repo(f"sftp://{alias}{remote_dir}")  # as each run of a sweep gets its own
+        start.wait()
+        try:
+            repository.log_artifact(str(src), f"run_{i:02d}")
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    for i in range(count):
+        if not errors:
+            assert sha256(remote_dir / f"run_{i:02d}" / src.name) == sha256(src)
+    return errors
+
+
+def test_a_burst_of_uploads_opens_a_bounded_number_of_connections(
+    ssh_env: SSHTestEnv, tmp_path: Path, remote_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 24 runs of a hyper-parameter sweep starting at once, in one process.
+    assert "maxstartups" not in ssh_env.server.config_path.read_text().lower()  # sshd's default 10:30:100
+    before = ssh_env.server.accepted_logins()
+    errors = _burst_of_first_uploads(ssh_env, tmp_path, remote_dir, monkeypatch, 24)
+    assert errors == []
+    assert ssh_env.server.accepted_logins() - before <= min(4, os.cpu_count() or 1)
+
+
+def test_first_connections_dropped_by_maxstartups_are_retried(
+    ssh_env: SSHTestEnv, tmp_path: Path, remote_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 24 connections at once (as 24 processes would open): past sshd's default MaxStartups
+    # 10:30:100, sshd closes some of them before its banner. Those are retried.
+    assert "maxstartups" not in ssh_env.server.config_path.read_text().lower()
+    monkeypatch.setenv(ENV_PARALLEL, "24")
+    errors = _burst_of_first_uploads(ssh_env, tmp_path, remote_dir, monkeypatch, 24)
+    assert errors == []
 
 
 # --------------------------------------------------------------------------------------

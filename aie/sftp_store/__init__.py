@@ -33,7 +33,11 @@ Behaviour:
   (missing ones skipped, as OpenSSH does), or paramiko's default key files when none
   is configured. No agent, no passwords. Without a usable key, or when the server
   refuses them, :class:`SFTPAuthenticationError` names the keys tried.
-* Connections are pooled per target and shared by all repositories of the process.
+* Connections are pooled per target and shared by all repositories of the process,
+  which uses at most ``$AIE_SFTP_PARALLEL`` of them at once (more callers wait).
+  A first connection that is refused, to an unknown host, or whose authentication
+  fails is reported at once; one that sshd drops before its banner (past its
+  ``MaxStartups``, as a burst of clients can be) is tried again a few times.
   An operation that fails because its connection died (server restarted) is retried
   once on a new connection. Once a server has been reached, reconnecting keeps trying
   for ``$AIE_SFTP_RECONNECT_SECONDS`` seconds (default 60) while it restarts; a bad

@@ -14,6 +14,10 @@ class SFTPAuthenticationError(paramiko.AuthenticationException):
     """The server refused our key (or no usable key was found)."""
 
 
+class SFTPConnectionDropped(paramiko.SSHException):
+    """The server closed the connection before its SSH banner (sshd past MaxStartups, or restarting)."""
+
+
 class SSHConfigWarning(UserWarning):
     """The SSH client config uses something this store cannot follow (Include, ProxyJump)."""
 

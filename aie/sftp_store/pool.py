@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
-from .errors import SFTPAuthenticationError, SFTPHostKeyError
+from .errors import SFTPAuthenticationError, SFTPConnectionDropped, SFTPHostKeyError
 from .settings import parallelism, reconnect_window
 from .target import SSHTarget
 
@@ -40,6 +41,13 @@ _PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 # 255 KiB writes (OpenSSH's limit) measured 1.6-1.8x faster uploads than 32 KiB ones.
 _MIN_IO_SIZE = 32 * 1024
 _MAX_IO_SIZE = 255 * 1024
+# A first connection dropped before the session began (sshd's MaxStartups) is tried
+# again this many times in all, after jittered delays from 0.1 s doubling up to 2 s.
+_FIRST_CONNECT_ATTEMPTS = 8
+_FIRST_RETRY_DELAY = 0.1
+_FIRST_RETRY_MAX_DELAY = 2.0
+# A thread waiting for a free connection wakes up this often (for Ctrl-C).
+_WAKE_UP_SECONDS = 0.2
 
 
 class _RejectUnknownHostKey(paramiko.RejectPolicy):
@@ -218,12 +226,20 @@ def open_connection(target: SSHTarget) -> Connection:
         # valid ... private key file").
         transport = client.get_transport()
         in_auth = transport is not None and transport.is_active() and not transport.is_authenticated()
+        banner_read = transport is not None and bool(transport.remote_version)
         client.close()
         if sock is not None:
             sock.close()
         if in_auth:
             raise SFTPAuthenticationError(
                 f"No usable key for {target.describe()} among {_keys_tried(target, identities)}: {exc}"
+            ) from exc
+        if not banner_read:
+            # paramiko reports a connection closed or reset before the server's banner
+            # as a plain SSHException ("Error reading SSH protocol banner").
+            raise SFTPConnectionDropped(
+                f"{target.describe()} closed the connection before its SSH banner ({exc}); sshd does so "
+                "past its MaxStartups limit of unauthenticated connections, and while it restarts"
             ) from exc
         raise
     except BaseException:
@@ -233,57 +249,120 @@ def open_connection(target: SSHTarget) -> Connection:
         raise
 
 
+def _dropped_early(exc: BaseException) -> bool:
+    """True for a connection the server dropped before the SSH session began."""
+    return isinstance(
+        exc, (SFTPConnectionDropped, ConnectionResetError, ConnectionAbortedError, BrokenPipeError, EOFError)
+    )
+
+
 class ConnectionPool:
-    """Idle connections to one target, shared by every repository using that target."""
+    """Connections to one target, shared by every repository using that target.
+
+    At most ``$AIE_SFTP_PARALLEL`` of them (see :func:`parallelism`) are in use at
+    once: a caller of :meth:`acquire` past that waits for one to be released, so a
+    burst of threads opens no more connections than that.
+    """
 
     def __init__(self, target: SSHTarget, max_idle: int) -> None:
         self.target = target
         self.max_idle = max_idle
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
+        self._in_use = 0
         self._reached = False
 
-    def connect(self) -> Connection:
+    def _connect(self) -> Connection:
         """A new connection; once the server has been reached, ride out its restarts."""
-        # Once reached, a server that refuses connections or closes them before its
-        # banner is restarting; a first connection fails at once: a setting to fix.
         window = reconnect_window()
-        deadline = time.monotonic() + (window if self._reached else 0.0)
-        delay = 0.5
+        deadline = time.monotonic() + window
+        reached = self._reached
+        delay = 0.5 if reached else _FIRST_RETRY_DELAY
+        attempt = 0
         while True:
+            attempt += 1
             try:
                 conn = open_connection(self.target)
             except (SFTPHostKeyError, SFTPAuthenticationError):
                 raise
             except (OSError, EOFError, paramiko.SSHException) as exc:
-                if time.monotonic() + delay > deadline:
+                if reached:
+                    # A server that refuses connections or drops them is restarting.
+                    retry = time.monotonic() + delay <= deadline
+                else:
+                    # Never reached: a refused connection, an unknown host or a timeout
+                    # is a setting to fix, reported at once. A connection dropped before
+                    # the session began is sshd shedding a burst (MaxStartups): retried.
+                    retry = _dropped_early(exc) and attempt < _FIRST_CONNECT_ATTEMPTS
+                if not retry:
                     raise
                 _logger.info("SFTP server %s not answering (%s); trying again", self.target.describe(), exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # Jittered, so that the clients dropped together do not come back together.
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 5.0 if reached else _FIRST_RETRY_MAX_DELAY)
                 continue
             self._reached = True
             return conn
 
+    def _take_slot(self) -> None:
+        limit = parallelism()
+        with self._slot_freed:
+            while self._in_use >= limit:
+                # Bounded waits: see the Ctrl-C note in SFTPArtifactRepository.log_artifacts.
+                self._slot_freed.wait(_WAKE_UP_SECONDS)
+            self._in_use += 1
+
+    def _free_slot(self) -> None:
+        with self._slot_freed:
+            self._in_use -= 1
+            self._slot_freed.notify()
+
     def acquire(self) -> Connection:
-        while True:
-            with self._lock:
-                if not self._idle:
-                    break
-                conn = self._idle.pop()
-            if conn.is_active():
-                return conn
-            _logger.info("Dropping dead SFTP connection to %s", self.target.describe())
-            conn.close()
-        return self.connect()
+        """An idle connection or a new one; give it back with release() or discard()."""
+        self._take_slot()
+        try:
+            while True:
+                with self._lock:
+                    if not self._idle:
+                        break
+                    conn = self._idle.pop()
+                if conn.is_active():
+                    return conn
+                _logger.info("Dropping dead SFTP connection to %s", self.target.describe())
+                conn.close()
+            return self._connect()
+        except BaseException:
+            self._free_slot()
+            raise
+
+    def acquire_new(self) -> Connection:
+        """A new connection (not an idle one, which may be as dead as the one just lost)."""
+        self._take_slot()
+        try:
+            return self._connect()
+        except BaseException:
+            self._free_slot()
+            raise
 
     def release(self, conn: Connection) -> None:
-        if conn.is_active():
-            with self._lock:
-                if len(self._idle) < self.max_idle:
-                    self._idle.append(conn)
-                    return
-        conn.close()
+        """Give back a connection from acquire(); it is kept for reuse if still alive."""
+        try:
+            if conn.is_active():
+                with self._lock:
+                    if len(self._idle) < self.max_idle:
+                        self._idle.append(conn)
+                        return
+            conn.close()
+        finally:
+            self._free_slot()
+
+    def discard(self, conn: Connection) -> None:
+        """Give back and close a connection from acquire() whose state is unknown."""
+        try:
+            conn.close()
+        finally:
+            self._free_slot()
 
     def close(self) -> None:
         with self._lock:
@@ -294,6 +373,8 @@ class ConnectionPool:
     def abandon_after_fork(self) -> list[Connection]:
         """In a forked child: drop the parent's connections without touching them."""
         self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
+        self._in_use = 0
         idle, self._idle = self._idle, []
         return idle
 

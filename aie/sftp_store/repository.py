@@ -155,10 +155,10 @@ class SFTPArtifactRepository(ArtifactRepository):
             if conn.responsive():
                 self._pool.release(conn)
             else:
-                conn.close()
+                self._pool.discard(conn)
             raise
         except BaseException:  # interrupted mid-request: the session state is unknown
-            conn.close()
+            self._pool.discard(conn)
             raise
         self._pool.release(conn)
         return result
@@ -177,7 +177,7 @@ class SFTPArtifactRepository(ArtifactRepository):
                 type(exc).__name__,
                 exc,
             )
-        return self._attempt(self._pool.connect(), operation)
+        return self._attempt(self._pool.acquire_new(), operation)
 
     # -- ArtifactRepository API
 
