@@ -52,10 +52,12 @@ Behaviour:
   are swept from each folder a repository writes to. Symlinked folders are followed; a symlink loop is
   skipped with a warning.
 
-Layout: ``target`` resolves the URI's host through the SSH client config, ``pool``
-opens and pools the connections, ``transfer`` holds the SFTP operations on one
-connection, ``repository`` is the MLflow artifact repository; ``settings`` reads the
-environment and ``errors`` defines the exceptions.
+Layout: ``target`` resolves the URI's host through the SSH client config,
+``connection`` opens one SSH connection with its SFTP session, ``pool`` shares them
+within the process and runs operations on them (reconnecting once), ``transfer``
+holds the SFTP operations on one connection, ``uploads`` walks a local folder and
+runs its uploads in parallel, ``repository`` is the MLflow artifact repository;
+``settings`` reads the environment and ``errors`` defines the exceptions.
 """
 
 from __future__ import annotations

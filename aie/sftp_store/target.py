@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import getpass
 import os
+import posixpath
 import shlex
+import urllib.parse
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -97,3 +99,26 @@ def resolve_target(host: str, username: str | None = None, port: int | None = No
         identity_files=tuple(identity_files),
         known_hosts_files=tuple(known_hosts),
     )
+
+
+def target_for_uri(artifact_uri: str) -> tuple[SSHTarget, str]:
+    """The target and the normalised remote path of ``sftp://[user@]host[:port]/path``."""
+    parsed = urllib.parse.urlparse(artifact_uri)
+    if parsed.scheme != "sftp":
+        raise invalid(f"Not an sftp:// URI: {artifact_uri}")
+    if parsed.password is not None:
+        raise invalid(
+            "Passwords in sftp:// URIs are not supported; use key authentication (IdentityFile in the SSH config)"
+        )
+    if not parsed.hostname:
+        raise invalid(f"No host in artifact URI {artifact_uri}")
+    if not parsed.path.startswith("/"):
+        raise invalid(
+            f"Artifact URI {artifact_uri} needs an absolute remote path: sftp://[user@]host[:port]/absolute/path"
+        )
+    try:
+        port = parsed.port
+    except ValueError as exc:
+        raise invalid(f"Invalid port in artifact URI {artifact_uri}: {exc}") from None
+    username = urllib.parse.unquote(parsed.username) if parsed.username else None
+    return resolve_target(parsed.hostname, username, port), posixpath.normpath(parsed.path)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import paramiko
 
-from .pool import Connection
+from .connection import Connection
 
 _logger = logging.getLogger(__name__)
 
