@@ -6,7 +6,9 @@ files are checked directly on disk (the server runs on this machine).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -18,12 +20,13 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import paramiko
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repo import StreamUploadMixin
 from mlflow.store.artifact.artifact_repository_registry import (
     get_artifact_repository,
     get_registered_artifact_repositories,
@@ -388,6 +391,62 @@ def test_log_artifacts_follows_symlinked_folders(
     assert f"{tree / 'sub' / 'loop'}" in caplog.text
     assert f"{tree / 'linked' / 'back'}" in caplog.text
     assert caplog.text.count("symlink loop") == 2
+
+
+class _OneWayStream(io.RawIOBase):
+    """A stream that cannot seek (like an HTTP request body); can fail after ``fail_after`` bytes."""
+
+    def __init__(self, data: bytes, fail_after: int | None = None) -> None:
+        self._data = io.BytesIO(data)
+        self._fail_after = fail_after
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        if self._fail_after is not None and self._data.tell() >= self._fail_after:
+            raise ConnectionResetError("client went away")
+        chunk = self._data.read(min(len(buffer), 100_000))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_log_artifact_from_stream(repo: SFTPArtifactRepository, remote_dir: Path) -> None:
+    # What `mlflow server --serve-artifacts` uses for uploads it proxies, without a temporary file.
+    assert isinstance(repo, StreamUploadMixin)
+    data = os.urandom(3_000_017)
+    repo.log_artifact_from_stream(_OneWayStream(data), "ignored/dirs/model.bin", "sub/dir")
+    assert (remote_dir / "sub" / "dir" / "model.bin").read_bytes() == data
+
+    with pytest.raises(ConnectionResetError):
+        repo.log_artifact_from_stream(_OneWayStream(data, fail_after=1_000_000), "broken.bin")
+    # Nothing half-written is left, under either name.
+    assert sorted(p.name for p in remote_dir.iterdir()) == ["sub"]
+
+    for bad in ("", "..", "a\x00b"):
+        with pytest.raises(MlflowException, match="file name"):
+            repo.log_artifact_from_stream(io.BytesIO(b"x"), bad)
+    assert [f.path for f in repo.list_artifacts()] == ["sub"]
+
+
+def test_log_artifact_from_async_stream(repo: SFTPArtifactRepository, remote_dir: Path) -> None:
+    data = os.urandom(5_000_000)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 65536):
+            await asyncio.sleep(0)
+            yield data[start : start + 65536]
+
+    asyncio.run(repo.log_artifact_from_async_stream(chunks(), "model.bin", "async"))
+    assert (remote_dir / "async" / "model.bin").read_bytes() == data
+
+    async def failing() -> AsyncIterator[bytes]:
+        yield data[:100_000]
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        asyncio.run(repo.log_artifact_from_async_stream(failing(), "broken.bin", "async"))
+    assert sorted(p.name for p in (remote_dir / "async").iterdir()) == ["model.bin"]
 
 
 def test_delete_artifacts(repo: SFTPArtifactRepository, tmp_path: Path, remote_dir: Path) -> None:
@@ -822,6 +881,42 @@ def test_operation_interrupted_by_restart_is_retried(
     assert sorted(p.name for p in remote_dir.iterdir()) == ["large.bin", "warmup.bin"]
     repo.delete_artifacts()  # 96 MiB: do not leave it in pytest's kept tmp dirs
     src.unlink()
+
+
+@pytest.mark.parametrize("seekable", [True, False], ids=["seekable", "one-way"])
+def test_stream_upload_interrupted_by_restart(
+    ssh_env: SSHTestEnv, repo: SFTPArtifactRepository, remote_dir: Path, seekable: bool
+) -> None:
+    data = os.urandom(96 * 1024 * 1024)
+    repo.log_artifact_from_stream(io.BytesIO(b"x"), "warmup.bin")  # pool a connection
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            repo.log_artifact_from_stream(io.BytesIO(data) if seekable else _OneWayStream(data), "large.bin")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not any(p.name.startswith(".aie-upload.") for p in remote_dir.iterdir()):
+        assert time.monotonic() < deadline, "upload did not start"
+        time.sleep(0.002)
+    ssh_env.server.restart_with_frozen_sessions()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+    if seekable:  # sent again from the start
+        assert errors == []
+        assert (remote_dir / "large.bin").read_bytes() == data
+        assert sorted(p.name for p in remote_dir.iterdir()) == ["large.bin", "warmup.bin"]
+    else:  # what was read is gone: a clear error, and nothing half-written
+        assert len(errors) == 1 and isinstance(errors[0], OSError)
+        assert "cannot be read again" in str(errors[0])
+        assert str(remote_dir / "large.bin") in str(errors[0])
+        assert sorted(p.name for p in remote_dir.iterdir()) == ["warmup.bin"]
+    repo.delete_artifacts()
 
 
 # --------------------------------------------------------------------------------------

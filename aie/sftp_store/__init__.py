@@ -49,7 +49,9 @@ Behaviour:
   under a hidden temporary name that is renamed into place when complete, so readers
   never see partial artifacts. A temporary file left by a connection that died is
   removed once reconnected; ones untouched for two hours (left by a client that died)
-  are swept from each folder a repository writes to. Symlinked folders are followed; a symlink loop is
+  are swept from each folder a repository writes to. Uploads that ``mlflow server
+  --serve-artifacts`` proxies are streamed (MLflow's ``StreamUploadMixin``) without
+  a local temporary file. Symlinked folders are followed; a symlink loop is
   skipped with a warning.
 
 Layout: ``target`` resolves the URI's host through the SSH client config,

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import logging
 import os
 import posixpath
 import stat
 import threading
+from collections.abc import AsyncIterable, Callable
+from typing import BinaryIO, cast
 
 from mlflow.entities import FileInfo
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
+
+try:
+    from mlflow.store.artifact.artifact_repo import StreamUploadMixin
+except ImportError:  # an MLflow without streaming uploads: it never calls the methods below
+
+    class StreamUploadMixin:  # type: ignore[no-redef]
+        pass
+
 
 from .connection import Connection
 from .errors import invalid
@@ -20,6 +32,7 @@ from .target import target_for_uri
 from .transfer import (
     STALE_UPLOAD_SECONDS,
     TEMP_PREFIX,
+    Readable,
     download_file,
     is_dir,
     makedirs,
@@ -28,13 +41,14 @@ from .transfer import (
     sweep_stale_uploads,
     temp_path_for,
     upload_file,
+    upload_stream,
 )
-from .uploads import local_tree, upload_in_parallel
+from .uploads import ChunkPipe, local_tree, upload_in_parallel
 
 _logger = logging.getLogger(__name__)
 
 
-class SFTPArtifactRepository(ArtifactRepository):
+class SFTPArtifactRepository(ArtifactRepository, StreamUploadMixin):
     """Stores artifacts as files in a remote directory, over SFTP (paramiko)."""
 
     def __init__(
@@ -104,6 +118,12 @@ class SFTPArtifactRepository(ArtifactRepository):
     def _upload(
         self, local_path: str, remote_path: str, stop: threading.Event | None = None, make_directory: bool = False
     ) -> None:
+        self._put(
+            remote_path, lambda conn, temp: upload_file(conn, local_path, remote_path, temp, stop), make_directory
+        )
+
+    def _put(self, remote_path: str, send: Callable[[Connection, str], float], make_directory: bool) -> None:
+        """Upload with ``send(conn, temporary path)``, reconnecting once if the connection dies."""
         directory = posixpath.dirname(remote_path)
         temp_paths: list[str] = []
 
@@ -116,7 +136,7 @@ class SFTPArtifactRepository(ArtifactRepository):
             temp_paths.append(temp_path_for(remote_path))
             if make_directory:
                 makedirs(conn.sftp, directory, set())
-            server_now = upload_file(conn, local_path, remote_path, temp_paths[-1], stop)
+            server_now = send(conn, temp_paths[-1])
             with self._swept_lock:
                 sweep = directory not in self._swept
                 self._swept.add(directory)
@@ -124,6 +144,59 @@ class SFTPArtifactRepository(ArtifactRepository):
                 sweep_stale_uploads(conn.sftp, directory, server_now - STALE_UPLOAD_SECONDS)
 
         self._pool.run(operation)
+
+    # -- StreamUploadMixin API (``mlflow server --serve-artifacts`` proxying uploads)
+
+    def log_artifact_from_stream(
+        self, stream: Readable, artifact_file_name: str, artifact_path: str | None = None
+    ) -> None:
+        """Upload what ``stream`` reads as ``artifact_file_name``, without a local copy."""
+        remote = posixpath.join(self._remote(self._relative(artifact_path)), _file_name(artifact_file_name))
+        start = _position(stream)
+        attempts = 0
+
+        def send(conn: Connection, temp_path: str) -> float:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:  # the connection died mid-upload
+                if start is None:
+                    raise OSError(
+                        errno.EIO,
+                        f"The connection to {self.target.describe()} was lost during the upload, "
+                        "and the stream cannot be read again",
+                        remote,
+                    )
+                cast(BinaryIO, stream).seek(start)
+            return upload_stream(conn, stream, remote, temp_path)
+
+        self._put(remote, send, make_directory=True)
+
+    async def log_artifact_from_async_stream(
+        self, chunks: AsyncIterable[bytes], artifact_file_name: str, artifact_path: str | None = None
+    ) -> None:
+        """Upload the chunks as ``artifact_file_name``: they are handed to a thread that sends them."""
+        pipe = ChunkPipe()
+
+        def upload() -> None:
+            try:
+                self.log_artifact_from_stream(pipe, artifact_file_name, artifact_path)
+            finally:
+                pipe.close_reader()
+
+        uploading = asyncio.ensure_future(asyncio.to_thread(upload))
+        try:
+            async for chunk in chunks:
+                # Hand over without a thread switch while the pipe has room.
+                delivered = pipe.put(chunk) if pipe.has_room() else await asyncio.to_thread(pipe.put, chunk)
+                if not delivered:  # the upload ended early: its error is raised below
+                    break
+        except BaseException:
+            pipe.fail()  # the upload stops and removes its temporary file
+            with contextlib.suppress(BaseException):
+                await uploading
+            raise
+        pipe.end()
+        await uploading
 
     def _is_directory(self, artifact_path: str | None) -> bool:
         remote = self._remote(self._relative(artifact_path))
@@ -194,3 +267,24 @@ class SFTPArtifactRepository(ArtifactRepository):
                     sftp.remove(remote)
 
         self._pool.run(operation)
+
+
+def _file_name(name: str) -> str:
+    """The last component of ``name`` (MLflow: directory components are ignored), checked."""
+    base = posixpath.basename(name)
+    if base in ("", ".", ".."):
+        raise invalid(f"Invalid artifact file name {name!r}: it names no file")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in base):
+        raise invalid(f"Invalid artifact file name {name!r}: it contains a control character")
+    return base
+
+
+def _position(stream: Readable) -> int | None:
+    """Where a seekable stream is (to send it again after a reconnection), else None."""
+    try:
+        seekable = getattr(stream, "seekable", None)
+        if callable(seekable) and seekable():
+            return int(cast(BinaryIO, stream).tell())
+    except (OSError, ValueError):
+        pass
+    return None

@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import posixpath
 import stat
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import Protocol
 
 import paramiko
 
@@ -114,10 +114,22 @@ def temp_path_for(remote_path: str) -> str:
     return posixpath.join(posixpath.dirname(remote_path), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
 
 
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 def upload_file(
     conn: Connection, local_path: str, remote_path: str, temp_path: str, stop: threading.Event | None = None
 ) -> float:
-    """Upload as ``temp_path``, renamed to ``remote_path`` once complete.
+    """Upload the file ``local_path`` (see upload_stream)."""
+    with open(local_path, "rb") as source:
+        return upload_stream(conn, source, remote_path, temp_path, stop)
+
+
+def upload_stream(
+    conn: Connection, source: Readable, remote_path: str, temp_path: str, stop: threading.Event | None = None
+) -> float:
+    """Upload what ``source`` reads as ``temp_path``, renamed to ``remote_path`` once complete.
 
     ``stop`` is checked before each write: once it is set, the upload is abandoned.
     Returns the uploaded file's modification time: the server's clock.
@@ -125,23 +137,19 @@ def upload_file(
     sftp = conn.sftp
     chunk = conn.write_size
     try:
-        with open(local_path, "rb") as source, naming(remote_path, "upload"):
-            size = os.fstat(source.fileno()).st_size
+        with naming(remote_path, "upload"):
+            sent = 0
             with sftp.open(temp_path, "wb") as target:
                 target.set_pipelined(True)
                 target.MAX_REQUEST_SIZE = chunk
                 while data := source.read(chunk):
                     if stop is not None and stop.is_set():
-                        raise UploadStopped(f"Upload of {local_path} to {remote_path} stopped")
+                        raise UploadStopped(f"Upload to {remote_path} stopped")
                     target.write(data)
+                    sent += len(data)
             attrs = sftp.stat(temp_path)
-        written = attrs.st_size
-        if written != size:
-            raise OSError(
-                errno.EIO,
-                f"Upload incomplete: {written} of {size} bytes arrived",
-                remote_path,
-            )
+        if attrs.st_size != sent:
+            raise OSError(errno.EIO, f"Upload incomplete: {attrs.st_size} of {sent} bytes arrived", remote_path)
         _replace(sftp, temp_path, remote_path)
         return float(attrs.st_mtime or 0)
     except BaseException:

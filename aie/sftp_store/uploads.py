@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import os
@@ -107,3 +108,67 @@ def upload_in_parallel(
     # The uploads stopped because of a failure come first (largest first): skip them.
     for future in sorted(failed, key=lambda f: isinstance(f.exception(), UploadStopped)):
         future.result()  # re-raises the first failure
+
+
+class ChunkPipe:
+    """Chunks handed from an event loop to the thread that uploads them.
+
+    At most ``limit`` bytes wait in it; :meth:`put` blocks past that. :meth:`read`
+    (the upload's side) blocks until data, the end, or a failure arrives.
+    """
+
+    def __init__(self, limit: int = 8 * 1024 * 1024) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._limit = limit
+        self._changed = threading.Condition()
+        self._ended = False
+        self._failed = False
+        self._reader_gone = False
+
+    def has_room(self) -> bool:
+        with self._changed:
+            return self._buffered < self._limit or self._reader_gone
+
+    def put(self, chunk: bytes) -> bool:
+        """Queue ``chunk``; False if the reader is gone (the upload ended)."""
+        with self._changed:
+            while self._buffered >= self._limit and not self._reader_gone:
+                self._changed.wait()
+            if self._reader_gone:
+                return False
+            self._chunks.append(chunk)
+            self._buffered += len(chunk)
+            self._changed.notify_all()
+            return True
+
+    def end(self) -> None:
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def fail(self) -> None:
+        with self._changed:
+            self._failed = True
+            self._changed.notify_all()
+
+    def close_reader(self) -> None:
+        with self._changed:
+            self._reader_gone = True
+            self._changed.notify_all()
+
+    def read(self, size: int = -1, /) -> bytes:
+        with self._changed:
+            while not self._chunks and not self._ended and not self._failed:
+                self._changed.wait()
+            if self._failed:
+                raise UploadStopped("The stream being uploaded failed")
+            if not self._chunks:
+                return b""
+            chunk = self._chunks.popleft()
+            if 0 <= size < len(chunk):
+                self._chunks.appendleft(chunk[size:])
+                chunk = chunk[:size]
+            self._buffered -= len(chunk)
+            self._changed.notify_all()
+            return chunk
