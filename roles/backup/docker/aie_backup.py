@@ -11,10 +11,10 @@ the backup role); the volumes are mounted at /volumes/<name>.
     aie-backup occupied                the volumes that hold data, as JSON
     aie-backup restore SNAPSHOT [--force]
 
-Consistency: SQLite databases (MLflow's backend store, the RADOS Gateway's object store) are
-copied with SQLite's online backup API into /stage/<volume>/ and the live files are left out
-of the snapshot; containers listed under "quiesce" (an object store that keeps its data in
-plain files) are paused while restic reads.
+Consistency: SQLite databases (MLflow's backend store) are copied with SQLite's online backup
+API into /stage/<volume>/ and the live files are left out of the snapshot; containers listed
+under "quiesce" (the object store: MinIO's plain files, or the rgw engine's Ceph monitor store
+and BlueStore file) are paused while restic reads, so that their volume is taken at one point.
 """
 
 from __future__ import annotations
@@ -241,7 +241,9 @@ def restore(config: dict[str, Any], snapshot: str, force: bool) -> None:
     includes: list[str] = []
     for name in config["volumes"]:
         includes += ["--include", glob_escape(VOLUMES / name), "--include", glob_escape(STAGE / name)]
-    restic(config, "restore", listed[0]["id"], "--target", "/", *includes)
+    # --sparse: the rgw engine's BlueStore file is mostly holes; written out whole it would fill
+    # its full capacity on disk.
+    restic(config, "restore", listed[0]["id"], "--target", "/", "--sparse", *includes)
     databases = 0
     for name in config["volumes"]:
         staged = STAGE / name

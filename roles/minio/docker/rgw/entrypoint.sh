@@ -1,35 +1,172 @@
-#!/bin/sh
-# Creates (once) the S3 user with the credentials from the environment, then runs radosgw.
-set -eu
+#!/bin/bash
+# A one-node Ceph cluster and its RADOS Gateway, all state on the data volume:
+#   first start   creates the cluster (fsid, cephx keys, monitor, one BlueStore OSD on a file),
+#                 then moves in the objects of a former dbstore deployment found on the volume;
+#   every start   writes ceph.conf, starts the monitor and the OSD, creates the S3 user once
+#                 (refusing other credentials than the user's), then serves S3 on port 9000.
+# Any daemon that stops takes the container down with it, so Docker restarts the whole set.
+set -euo pipefail
+# Objects, keys and the monitor's store are for the ceph user alone.
+umask 027
 : "${S3_ACCESS_KEY:?S3_ACCESS_KEY is not set}"
 : "${S3_SECRET_KEY:?S3_SECRET_KEY is not set}"
-# Data and configuration (zone, placement) both live on the data volume: a re-created
-# container must find the objects it stored before.
-set -- --no-mon-config --rgw-backend-store dbstore --rgw-config-store dbstore \
-       --dbstore-db-dir /var/lib/aie-s3 --dbstore-config-uri file:/var/lib/aie-s3/dbstore-config.db
+: "${S3_CAPACITY_GIB:=20}"
+DATA=/var/lib/aie-s3
+CEPH=$DATA/ceph
+PORT=9000
+# The former engine (RGW's SQLite dbstore backend) kept these files at the volume's top.
+DBSTORE_FILES=(dbstore-config.db dbstore-default_ns.db)
 
-# radosgw-admin (Ceph 18) now and then hangs while it first sets up its SQLite config
-# store; a bounded wait and another try get past it. Prints the command's output.
-admin() {
-    for attempt in 1 2 3 4 5; do
-        rc=0
-        timeout 30 radosgw-admin "$@" 2>/dev/null || rc=$?
-        [ "$rc" = 124 ] || return "$rc"
-        echo "aie: radosgw-admin timed out (try $attempt), trying again" >&2
-    done
-    return 124
+log() { echo "aie-rgw: $*" >&2; }
+as_ceph=(--setuser ceph --setgroup ceph)
+
+write_conf() {
+    install -d -m 0755 /etc/ceph
+    install -m 0644 /dev/null /etc/ceph/ceph.conf
+    cat >/etc/ceph/ceph.conf <<EOF
+[global]
+fsid = $(cat "$CEPH/fsid")
+mon initial members = a
+mon host = [v2:127.0.0.1:3300,v1:127.0.0.1:6789]
+public network = 127.0.0.0/8
+auth cluster required = cephx
+auth service required = cephx
+auth client required = cephx
+mon data = $CEPH/mon/\$cluster-\$id
+osd data = $CEPH/osd/\$cluster-\$id
+run dir = /run/ceph
+log to file = false
+log to stderr = false
+err to stderr = true
+mon cluster log to file = false
+# One OSD holds the only copy: a single replica, failure domain the OSD itself.
+osd pool default size = 1
+osd pool default min size = 1
+mon allow pool size one = true
+mon warn on pool no redundancy = false
+osd crush chooseleaf type = 0
+# No manager runs to autoscale placement groups: a fixed 8 per pool spreads the OSD's work.
+osd pool default pg autoscale mode = off
+osd pool default pg num = 8
+mon max pg per osd = 1000
+# The container's host name changes with each container: keep the OSD under one CRUSH host.
+crush location = root=default host=aie-s3
+auth allow insecure global id reclaim = false
+mon data avail warn = 5
+# BlueStore on a (sparse) file on the data volume; its size is the store's capacity.
+osd objectstore = bluestore
+bluestore block create = true
+bluestore block size = $((S3_CAPACITY_GIB * 1024 * 1024 * 1024))
+osd memory target = 939524096
+
+[client.admin]
+keyring = $CEPH/client.admin.keyring
+
+[client.rgw]
+keyring = $CEPH/client.rgw.keyring
+rgw data = $CEPH/rgw
+EOF
 }
 
-if user=$(admin "$@" user info --uid=aie); then
-    # The user is never modified once created: with the dbstore backend, changing its keys
-    # loses its buckets. Other credentials than the user's are refused, loudly.
-    if ! printf '%s' "$user" | grep -q "\"access_key\": \"$S3_ACCESS_KEY\""; then
-        echo "aie: the S3 user exists with other credentials than aie_s3_access_key;" \
-             "restore the original credentials (files/keys/secrets or Vault)" >&2
+create_cluster() {
+    log "creating a one-node Ceph cluster on the data volume (${S3_CAPACITY_GIB} GiB)"
+    install -d -m 0750 "$CEPH" "$CEPH/mon" "$CEPH/osd" "$CEPH/rgw"
+    python3 -c 'import uuid; print(uuid.uuid4())' >"$CEPH/fsid.new"
+    mv "$CEPH/fsid.new" "$CEPH/fsid"
+    write_conf
+    local tmp
+    tmp=$(mktemp -d)
+    ceph-authtool --create-keyring "$tmp/mon.keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+    ceph-authtool --create-keyring "$CEPH/client.admin.keyring" --gen-key -n client.admin \
+        --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' >/dev/null
+    ceph-authtool "$tmp/mon.keyring" --import-keyring "$CEPH/client.admin.keyring" >/dev/null
+    monmaptool --create --addv a '[v2:127.0.0.1:3300,v1:127.0.0.1:6789]' --fsid "$(cat "$CEPH/fsid")" \
+        "$tmp/monmap" >/dev/null
+    ceph-mon --mkfs -i a --monmap "$tmp/monmap" --keyring "$tmp/mon.keyring"
+    rm -rf "$tmp"
+    chown -R ceph:ceph "$CEPH"
+}
+
+create_osd() {
+    local uuid id dir
+    uuid=$(python3 -c 'import uuid; print(uuid.uuid4())')
+    id=$(ceph osd new "$uuid")
+    dir=$CEPH/osd/ceph-$id
+    install -d -m 0750 -o ceph -g ceph "$dir"
+    ceph auth get-or-create "osd.$id" mon 'allow profile osd' mgr 'allow profile osd' osd 'allow *' \
+        -o "$dir/keyring"
+    chown ceph:ceph "$dir/keyring"
+    ceph-osd -i "$id" --mkfs --osd-uuid "$uuid" "${as_ceph[@]}" 2>&1 | grep -v 'unable to get device name' >&2 || true
+    [ -f "$dir/fsid" ] || { log "creating the OSD failed"; exit 1; }
+    ceph auth get-or-create client.rgw mon 'allow rw' osd 'allow rwx' -o "$CEPH/client.rgw.keyring"
+    chown ceph:ceph "$CEPH/client.rgw.keyring"
+}
+
+# Waits until `ceph "$@"` prints something that matches the pattern.
+wait_for() {
+    local pattern=$1 what=$2
+    shift 2
+    for _ in $(seq 120); do
+        if ceph --connect-timeout 5 "$@" 2>/dev/null | grep -q "$pattern"; then return 0; fi
+        sleep 1
+    done
+    log "the $what did not come up within 120 s"
+    exit 1
+}
+
+stop_all() {
+    trap - TERM INT
+    kill $(jobs -p) 2>/dev/null || true
+    wait || true
+}
+trap 'stop_all; exit 0' TERM INT
+
+if [ -d "$DATA/.minio.sys" ]; then
+    log "the data volume holds MinIO's data (.minio.sys): run minio_engine=minio on it," \
+        "or copy the objects out and purge the volume before switching to rgw"
+    exit 1
+fi
+fresh=false
+if [ ! -f "$CEPH/fsid" ]; then
+    create_cluster
+    fresh=true
+fi
+write_conf
+chown ceph:ceph "$DATA" "$CEPH"
+install -d -m 0770 -o ceph -g ceph /run/ceph
+
+ceph-mon -f -i a "${as_ceph[@]}" &
+wait_for HEALTH "monitor" health
+if [ -z "$(ls -A "$CEPH/osd")" ]; then
+    create_osd
+fi
+osd_id=$(basename "$(ls -d "$CEPH"/osd/ceph-*)")
+osd_id=${osd_id#ceph-}
+ceph-osd -f -i "$osd_id" "${as_ceph[@]}" 2> >(grep --line-buffered -v 'unable to get device name' >&2) &
+wait_for '"num_up_osds":1' "OSD" osd stat -f json
+
+if user=$(timeout 120 radosgw-admin user info --uid=aie 2>/dev/null); then
+    # The user is never modified once created: other credentials than the user's are refused.
+    if ! grep -q "\"access_key\": \"$S3_ACCESS_KEY\"" <<<"$user"; then
+        log "the S3 user exists with other credentials than aie_s3_access_key;" \
+            "restore the original credentials (files/keys/secrets or Vault)"
+        stop_all
         exit 1
     fi
 else
-    admin "$@" user create --uid=aie --display-name=aie \
+    timeout 120 radosgw-admin user create --uid=aie --display-name=aie \
         --access-key="$S3_ACCESS_KEY" --secret="$S3_SECRET_KEY" >/dev/null
 fi
-exec radosgw -f "$@" --rgw-frontends "beast port=9000" --log-to-stderr=true --err-to-stderr=true --log-file=
+
+# Objects of the former dbstore engine are copied in before S3 answers on its port.
+if $fresh && [ -f "$DATA/${DBSTORE_FILES[0]}" ]; then
+    /usr/local/sbin/aie-rgw-migrate-dbstore "$DATA" || { stop_all; exit 1; }
+fi
+
+radosgw -f -n client.rgw "${as_ceph[@]}" --rgw-frontends "beast port=$PORT" &
+set +e
+wait -n
+rc=$?
+log "a Ceph daemon stopped (exit $rc); stopping the others"
+stop_all
+exit $((rc == 0 ? 1 : rc))

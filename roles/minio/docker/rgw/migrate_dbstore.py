@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Move the objects of a former dbstore deployment into the new Ceph cluster.
+
+Usage: aie-rgw-migrate-dbstore DATA_DIR (with S3_ACCESS_KEY / S3_SECRET_KEY in the environment).
+
+The earlier rgw engine ran RADOS Gateway on its SQLite "dbstore" backend, whose multipart
+objects are corrupt (every object above 8 MiB uploaded with a default S3 client). Its files
+are on the same volume. This starts that gateway on 127.0.0.1:7481 and the new one on
+127.0.0.1:7480, copies every bucket and object as they are (a corrupt object stays corrupt:
+`aie s3-check` names the runs that hold one), checks each copy's size, and then moves the old
+files into DATA_DIR/dbstore-retired/ (kept, never deleted). Some multipart objects cannot be
+read back from dbstore at all (the read hangs): each is given a bounded time, and those that
+fail are named in the log and left in the retired files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import boto3
+from botocore.config import Config
+
+OLD_PORT, NEW_PORT = 7481, 7480
+
+
+def log(message: str) -> None:
+    print(f"aie-rgw: {message}", file=sys.stderr, flush=True)
+
+
+def client(port: int, attempts: int = 10):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+        aws_access_key_id=os.environ["S3_ACCESS_KEY"], aws_secret_access_key=os.environ["S3_SECRET_KEY"],
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": attempts},
+                      connect_timeout=10, read_timeout=60),
+    )
+
+
+def wait_until_up(s3, port: int, process: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(120):
+        if process.poll() is not None:
+            raise SystemExit(f"the gateway on port {port} stopped (exit {process.returncode})")
+        try:
+            s3.list_buckets()
+            return
+        except Exception:  # noqa: BLE001 - not up yet, whatever the reason
+            time.sleep(1)
+    raise SystemExit(f"the gateway on port {port} did not answer within 120 s")
+
+
+def fetch(source, bucket: str, key: str, spool: IO[bytes], size: int) -> str:  # type: ignore[no-untyped-def]
+    """Read an object into spool within a bounded time; its content type.
+
+    dbstore can answer a multipart object's GET with a trickle that never ends, which no
+    socket timeout catches (each read gets a little): the read runs in a daemon thread that is
+    abandoned when the time is up (2 minutes, or longer at 1 MiB/s for a large object).
+    """
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            body = source.get_object(Bucket=bucket, Key=key)
+            shutil.copyfileobj(body["Body"], spool, 1 << 20)
+            outcome["type"] = body.get("ContentType", "binary/octet-stream")
+        except Exception as error:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = error
+
+    seconds = max(120.0, size / (1 << 20))
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no complete answer within {seconds:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return str(outcome["type"])
+
+
+def main() -> int:
+    data = Path(sys.argv[1])
+    old_files = sorted(p for p in data.iterdir() if p.is_file() and p.name.startswith("dbstore"))
+    log(f"moving the objects of the former dbstore engine ({', '.join(p.name for p in old_files)})")
+    conf = Path(tempfile.mkdtemp()) / "ceph.conf"
+    conf.write_text("[global]\n")
+    dbstore = [
+        "--no-mon-config", "-c", str(conf), "--rgw-backend-store", "dbstore", "--rgw-config-store", "dbstore",
+        "--dbstore-db-dir", str(data), "--dbstore-config-uri", f"file:{data}/dbstore-config.db",
+    ]
+    common = ["-f", "--log-to-stderr=false", "--err-to-stderr=true", "--log-file="]
+    old = subprocess.Popen(["radosgw", *common, *dbstore, "--rgw-frontends", f"beast endpoint=127.0.0.1:{OLD_PORT}"])
+    new = subprocess.Popen(["radosgw", *common, "-n", "client.rgw", "--setuser", "ceph", "--setgroup", "ceph",
+                            "--rgw-frontends", f"beast endpoint=127.0.0.1:{NEW_PORT}"])
+    try:
+        source, target = client(OLD_PORT, attempts=2), client(NEW_PORT)
+        wait_until_up(source, OLD_PORT, old)
+        wait_until_up(target, NEW_PORT, new)
+        copied, unreadable = 0, []
+        for bucket in source.list_buckets()["Buckets"]:
+            name = bucket["Name"]
+            target.create_bucket(Bucket=name)
+            for page in source.get_paginator("list_objects_v2").paginate(Bucket=name):
+                for item in page.get("Contents", []):
+                    with tempfile.TemporaryFile() as spool:
+                        where = f"s3://{name}/{item['Key']}"
+                        try:
+                            content_type = fetch(source, name, item["Key"], spool, item["Size"])
+                        except Exception as error:  # noqa: BLE001 - named below, the others still copied
+                            unreadable.append(f"{where} ({type(error).__name__}: {error})")
+                            continue
+                        if spool.tell() != item["Size"]:
+                            unreadable.append(f"{where} (read {spool.tell()} of {item['Size']} bytes)")
+                            continue
+                        spool.seek(0)
+                        target.upload_fileobj(spool, name, item["Key"], ExtraArgs={"ContentType": content_type})
+                    copied += 1
+        log(f"copied {copied} objects")
+        for entry in unreadable:
+            log(f"could not read {entry} from the former engine: left in the retired files")
+    finally:
+        for process in (old, new):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    retired = data / "dbstore-retired"
+    retired.mkdir(exist_ok=True)
+    for path in old_files:
+        shutil.move(path, retired / path.name)
+    log(f"the former engine's files are kept in {retired}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
