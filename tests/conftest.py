@@ -72,7 +72,19 @@ def jupyter_exec(*command: str, timeout: float = 600) -> subprocess.CompletedPro
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A Docker engine that answers: with none running yet, the prerequisites install or start
+    it (as `aie up` would)."""
+    if docker_answers():
+        return
+    work = tmp_path_factory.mktemp("engine")
+    extra = write_vars(work / "vars.json", {"aie_name_prefix": PREFIX, "aie_keys_dir": str(work / "keys")})
+    started = ansible_playbook("-i", "inventory/local", "playbooks/prerequisites.yml", "-e", extra, timeout=1800)
+    assert started.returncode == 0, started.stdout[-3000:]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("e2e")
     keys = work / "keys"
     settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE,
@@ -80,10 +92,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     extra = write_vars(work / "vars.json", settings)
     # The test prefix belongs to the tests: containers and volumes left by an interrupted
     # earlier run (with other generated credentials) are removed first.
-    # With no engine running yet, the prerequisites install or start it (as `aie up` would) first.
-    if not docker_answers():
-        started = ansible_playbook("-i", "inventory/local", "playbooks/prerequisites.yml", "-e", extra, timeout=1800)
-        assert started.returncode == 0, started.stdout[-3000:]
     leftovers = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
     up = aie("up", "-e", extra)

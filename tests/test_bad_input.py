@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,16 @@ def test_well_known_credentials_are_refused(tmp_path: Path, value: str) -> None:
 def test_unknown_engine_is_refused(tmp_path: Path) -> None:
     output = deploy(tmp_path, minio_engine="ceph")
     assert "minio_engine" in output and "ceph" in output
+
+
+def test_an_engine_whose_image_cannot_be_had_is_refused_at_once(tmp_path: Path, docker_engine: None) -> None:
+    engines = {"minio": {"image": "registry.invalid/aie/no-such-s3:1", "build": False, "command": [], "env": {},
+                         "data": "/data", "health": "/", "ceph": False}}
+    started = time.perf_counter()
+    output = deploy(tmp_path, minio_engine="minio", minio_engines=engines)
+    print(f"refused in {time.perf_counter() - started:.1f} s")
+    assert "minio_engine=minio: the image registry.invalid/aie/no-such-s3:1 is not here and cannot be pulled" in output
+    assert "set minio_engine: rgw" in output
 
 
 def test_two_services_on_one_port_are_refused(tmp_path: Path) -> None:

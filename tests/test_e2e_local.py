@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,18 @@ def test_check_mode_on_a_new_deployment_changes_nothing(stack: dict[str, Any], t
     assert not (tmp_path / "keys" / "sftp_client_ed25519").exists()
     volumes = run(["docker", "volume", "ls", "--format", "{{.Name}}"]).stdout.split()
     assert not [v for v in volumes if v.startswith("aiecheck-")]
+
+
+def test_switching_the_engine_on_existing_data_is_refused(stack: dict[str, Any]) -> None:
+    other = "minio" if ENGINE == "rgw" else "rgw"
+    started = time.perf_counter()
+    refused = aie("up", "-e", stack["extra"], "-e", f"minio_engine={other}", timeout=600)
+    print(f"refused in {time.perf_counter() - started:.1f} s")
+    assert refused.returncode != 0
+    last = refused.stderr.strip().splitlines()[-1]
+    volume = f"{PREFIX}-minio-data"
+    assert f"The S3 volume {volume} holds the data of minio_engine={ENGINE}, not of minio_engine={other}" in last
+    assert "aie down --purge" in last
+    # Nothing changed: the S3 container still runs the engine that holds the data.
+    inspect = run(["docker", "inspect", "-f", "{{.Config.Image}} {{.State.Running}}", f"{PREFIX}-minio"], timeout=60)
+    assert inspect.stdout.split()[1] == "true" and ENGINE in inspect.stdout.split()[0], inspect.stdout
