@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("backup", "back up every data volume now (all hosts, or --limit)")
     add("snapshots", "list the backups")
+    add("s3-check", "read back every S3 object, compare it with its ETag and name the runs of the corrupt ones")
     restore = add("restore", "restore the data volumes from the backups and start the services again")
     restore.add_argument("--snapshot", metavar="ID", help="snapshot to restore (default: each host's latest)")
     restore.add_argument("--force", action="store_true", help="replace volumes that hold data (refused otherwise)")
@@ -100,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "restore":
         extra += ["-e", json.dumps({"backup_snapshot": args.snapshot or "", "backup_force": args.force})]
         return _restore(project_dir, inventory, extra, args)
+    if args.command == "s3-check":
+        return _s3_check(project_dir, inventory, extra, args)
     return _status(project_dir, inventory, extra, args)
 
 
@@ -216,6 +219,23 @@ def _restore(project_dir: Path, inventory: Path, extra: list[str], args: argpars
                   f"in {done['seconds']} s")
     print(f"aie: playbooks/restore.yml done, changed={result.changed}")
     return 0
+
+
+def _s3_check(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    result = _run_ok("playbooks/s3_check.yml", project_dir, inventory, extra, args)
+    if result is None:
+        return 1
+    damaged = 0
+    for host, report in sorted(result.facts.items()):
+        found = report["s3_check"]
+        print(f"{host}: {found['objects']} objects ({_size(found['bytes'])}) read back, "
+              f"{len(found['corrupt'])} corrupt")
+        for entry in found["corrupt"]:
+            print(f"  s3://{entry['bucket']}/{entry['key']}: {entry['reason']}")
+        for run in found["runs"]:
+            print(f"  run with corrupt artifacts: {run}")
+        damaged += len(found["corrupt"])
+    return 1 if damaged else 0
 
 
 def _size(count: object) -> str:

@@ -36,7 +36,9 @@ for name in ("notebooks-sftp", "notebooks-s3"):
             for step in range(5):
                 mlflow.log_metrics({"loss": 1.0 / (step + 1 + index), "accuracy": step / 5}, step=step)
             folder = tempfile.mkdtemp()
-            for file_name, size in (("weights.bin", 200_000 + index * 1000), ("summary.txt", 1000)):
+            # The first run's weights are above S3's multipart threshold (8 MiB with boto3).
+            weights = (9 << 20 if index == 0 else 200_000) + index * 1000
+            for file_name, size in (("weights.bin", weights), ("summary.txt", 1000)):
                 with open(os.path.join(folder, file_name), "wb") as handle:
                     handle.write(os.urandom(size))
             mlflow.log_artifacts(folder, artifact_path="model")
@@ -196,6 +198,8 @@ def test_restore_drill_brings_back_every_run_metric_and_artifact(
           f"{size} bytes restored; backup {drill['backup_seconds']:.0f} s, restore {seconds:.0f} s with aie "
           f"(the volumes themselves: {volumes_seconds} s)")
     assert runs == 6 and files == 12
+    large = {state["experiment"] for state in after.values() if state["bytes"] > 9 << 20}
+    assert large == {"notebooks-sftp", "notebooks-s3"}, "each experiment holds an artifact above 8 MiB"
 
 
 def test_a_backup_taken_while_runs_are_logged_restores_cleanly(
