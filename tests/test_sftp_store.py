@@ -38,6 +38,7 @@ from aie.sftp_store import (
     ENV_SSH_CONFIG,
     SFTPArtifactRepository,
     SFTPAuthenticationError,
+    SFTPConnectionDropped,
     SFTPHostKeyError,
     SSHConfigWarning,
     close_connections,
@@ -669,6 +670,7 @@ def test_first_connections_dropped_by_maxstartups_are_retried(
     monkeypatch.setenv(ENV_PARALLEL, "24")
     errors = _burst_of_first_uploads(ssh_env, tmp_path, remote_dir, monkeypatch, 24)
     assert errors == []
+    assert issubclass(SFTPConnectionDropped, paramiko.SSHException)  # what is raised once retries run out
 
 
 # --------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ if not TYPE_CHECKING:
 
 
 # Imported after the definitions above on purpose (they import mlflow); see __getattr__.
-from .errors import SFTPAuthenticationError, SFTPHostKeyError, SSHConfigWarning  # noqa: E402
+from .errors import SFTPAuthenticationError, SFTPConnectionDropped, SFTPHostKeyError, SSHConfigWarning  # noqa: E402
 from .pool import close_connections  # noqa: E402
 from .repository import SFTPArtifactRepository  # noqa: E402
 from .settings import ENV_PARALLEL, ENV_RECONNECT_SECONDS, ENV_SSH_CONFIG  # noqa: E402
@@ -104,6 +104,7 @@ __all__ = [
     "ENV_SSH_CONFIG",
     "SFTPArtifactRepository",
     "SFTPAuthenticationError",
+    "SFTPConnectionDropped",
     "SFTPHostKeyError",
     "SSHConfigWarning",
     "SSHTarget",
