@@ -5,7 +5,7 @@ VENV ?= .venv
 AIE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up down status test lint bootstrap benchmark
+.PHONY: up down status test lint bootstrap benchmark benchmark-s3
 
 bootstrap:
 	VENV=$(VENV) scripts/bootstrap
@@ -27,3 +27,7 @@ lint: bootstrap
 
 benchmark: bootstrap
 	$(VENV)/bin/python benchmarks/sftp_throughput.py
+
+# Multipart integrity and MLflow-vs-boto3 upload speed against the deployed local stack's S3 server.
+benchmark-s3: bootstrap
+	$(VENV)/bin/python benchmarks/s3_integrity.py

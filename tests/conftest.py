@@ -54,6 +54,22 @@ def containers(prefix: str) -> list[str]:
     return [name for name in out if name.startswith(f"{prefix}-")]
 
 
+def s3_client(keys: Path) -> Any:
+    """A boto3 client of the end-to-end stack's S3 server, with the generated keys and boto3's defaults."""
+    import boto3
+    from botocore.config import Config
+
+    secrets = keys / "secrets"
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{PORTS['aie_s3_port']}",
+        aws_access_key_id=(secrets / "s3_access_key").read_text().split()[0],
+        aws_secret_access_key=(secrets / "s3_secret_key").read_text().split()[0],
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
 def write_vars(path: Path, values: dict[str, object]) -> str:
     path.write_text(json.dumps(values))
     return f"@{path}"

@@ -13,12 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from mlflow.tracking import MlflowClient
 
-from conftest import ENGINE, PORTS, PREFIX, aie, containers, jupyter_exec, run, write_vars
+from conftest import ENGINE, PORTS, PREFIX, aie, containers, jupyter_exec, run, s3_client, write_vars
 
 LOG_RUNS = r"""
 import hashlib, json, os, tempfile
@@ -79,15 +77,7 @@ def test_sftp_artifact_is_in_the_sftp_volume(logged: dict[str, Any]) -> None:
 
 def test_s3_artifact_is_in_the_bucket(stack: dict[str, Any], logged: dict[str, Any]) -> None:
     entry = logged["notebooks-s3"]
-    secrets = stack["keys"] / "secrets"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{PORTS['aie_s3_port']}",
-        aws_access_key_id=(secrets / "s3_access_key").read_text().split()[0],
-        aws_secret_access_key=(secrets / "s3_secret_key").read_text().split()[0],
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    s3 = s3_client(stack["keys"])
     key = f"notebooks-s3/{entry['run_id']}/artifacts/model/weights.bin"
     body = s3.get_object(Bucket="ai-models", Key=key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == entry["sha256"]

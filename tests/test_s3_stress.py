@@ -16,10 +16,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
-from conftest import PORTS, PREFIX, aie, jupyter_exec, run
+from conftest import PREFIX, aie, jupyter_exec, run, s3_client
 
 MiB = 1 << 20
 UPLOADS = 100
@@ -28,18 +25,6 @@ CLIENTS = 4
 SIZES = [9 * MiB, 12 * MiB, 17 * MiB + 12345, 24 * MiB, 33 * MiB + 1, 64 * MiB]
 BUCKET = "ai-models"
 KEY_PREFIX = "stress-test"
-
-
-def s3_client(stack: dict[str, Any]) -> Any:
-    secrets = stack["keys"] / "secrets"
-    return boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{PORTS['aie_s3_port']}",
-        aws_access_key_id=(secrets / "s3_access_key").read_text().split()[0],
-        aws_secret_access_key=(secrets / "s3_secret_key").read_text().split()[0],
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
-    )
 
 
 def payload(index: int, source: bytes) -> bytes:
@@ -55,7 +40,7 @@ def test_multipart_uploads_from_several_clients_read_back_whole(stack: dict[str,
     failures: list[str] = []
 
     def work(client_index: int) -> list[tuple[str, str, str]]:
-        s3 = s3_client(stack)  # one client per thread, boto3's defaults
+        s3 = s3_client(stack["keys"])  # one client per thread, boto3's defaults
         done = []
         for index in range(client_index, UPLOADS, CLIENTS):
             key = f"{KEY_PREFIX}/{index:03d}.bin"
@@ -162,7 +147,7 @@ rm /tmp/aie-part
 
 
 def test_s3_check_names_the_runs_that_hold_corrupt_objects(stack: dict[str, Any]) -> None:
-    s3 = s3_client(stack)
+    s3 = s3_client(stack["keys"])
     bad = "notebooks-s3/0badc0de0badc0de/artifacts/weights.bin"
     good = "notebooks-s3/600d600d600d600d/artifacts/weights.bin"
     for key in (bad, good):
