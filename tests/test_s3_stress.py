@@ -72,7 +72,7 @@ MLFLOW_LARGE = r"""
 import hashlib, json, os, tempfile
 import numpy as np
 import mlflow
-from sklearn.neighbors import KNeighborsRegressor
+from sklearn.linear_model import LinearRegression
 
 def sha(path):
     digest = hashlib.sha256()
@@ -97,12 +97,13 @@ for index in range(1200):
     with open(os.path.join(many, f"part-{index:04d}.txt"), "w") as handle:
         handle.write(f"{index} {os.urandom(8).hex()}\n")
 rng = np.random.default_rng(7)
-features = rng.random((120_000, 10))
-model = KNeighborsRegressor(n_neighbors=3).fit(features, features.sum(axis=1))
+# 1,100 outputs of 1,100 features: a 9.2 MiB coefficient matrix.
+features = rng.random((1200, 1100))
+model = LinearRegression().fit(features, features @ rng.random((1100, 1100)))
 with mlflow.start_run() as run:
     mlflow.log_artifact(big, artifact_path="large")
     mlflow.log_artifacts(many, artifact_path="many")
-    info = mlflow.sklearn.log_model(model, name="knn")
+    info = mlflow.sklearn.log_model(model, name="linear")
 back = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="large", dst_path=tempfile.mkdtemp())
 listed = mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="many")
 many_back = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="many",
