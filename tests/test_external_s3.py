@@ -7,10 +7,15 @@ that may not create buckets, found there or refused with one line), a second run
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import re
 import secrets
+import socket
+import ssl
 import string
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +25,10 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from conftest import PROJECT, aie, ansible_playbook, docker_answers, run, write_vars
 
@@ -30,6 +39,7 @@ PORT = 39190
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 IMAGE = "aie/rgw:latest"
 BUCKET = "aiex-models"
+TLS_PORT = 39191
 
 
 def _key(alphabet: str, length: int) -> str:
@@ -180,3 +190,99 @@ def test_keys_that_may_not_create_buckets(s3_server: dict[str, dict[str, str]], 
         code, output, changed = _deploy(extra, *options)
         assert code == 0 and changed == 0, output[-3000:]
     limited.put_object(Bucket="aiex-shared", Key="probe", Body=b"1")
+
+
+def _certificate(subject: str, key: Any, issuer: x509.Name, signer: Any, ca: bool) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
+            critical=True)
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    return builder.sign(signer, hashes.SHA256())
+
+
+def _pipe(source: socket.socket, target: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            target.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for end in (source, target):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture()
+def tls_endpoint(s3_server: dict[str, dict[str, str]], tmp_path: Path) -> Iterator[Path]:
+    """https://127.0.0.1:TLS_PORT in front of the gateway, its certificate signed by a private CA: yields
+    the CA bundle (PEM)."""
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aiex test CA")])
+    ca_cert = _certificate("aiex test CA", ca_key, ca_name, ca_key, ca=True)
+    server_cert = _certificate("127.0.0.1", server_key, ca_name, ca_key, ca=False)
+    bundle, chain, key = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
+    bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    chain.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(chain, key)
+    listener = socket.create_server(("127.0.0.1", TLS_PORT))
+    listener.settimeout(0.5)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                plain, _ = listener.accept()
+            except OSError:
+                continue
+            try:
+                client = context.wrap_socket(plain, server_side=True)
+            except (OSError, ssl.SSLError):
+                plain.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", PORT))
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(source, target), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield bundle
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_a_private_ca_bundle_verifies_tls(
+    s3_server: dict[str, dict[str, str]], tls_endpoint: Path, tmp_path: Path
+) -> None:
+    https = f"https://127.0.0.1:{TLS_PORT}"
+    # Without the bundle the certificate is not trusted: refused, never accepted unverified.
+    code, output, _ = _deploy(_settings(tmp_path, s3_server["root"], aie_s3_endpoint=https, aie_s3_bucket="aiex-tls"))
+    assert code != 0 and f"The certificate of {https} is not trusted" in output, output[-3000:]
+    assert "certificate verify failed" in output and "set aie_s3_ca_bundle to the PEM bundle that signs it" in output
+    assert not _exists(_client(s3_server["root"]), "aiex-tls")
+
+    extra = _settings(tmp_path, s3_server["root"], aie_s3_endpoint=https, aie_s3_bucket="aiex-tls",
+                      aie_s3_ca_bundle=str(tls_endpoint))
+    code, output, _ = _deploy(extra)
+    assert code == 0, output[-3000:]
+    assert _exists(_client(s3_server["root"]), "aiex-tls")
+    code, output, changed = _deploy(extra)
+    assert code == 0 and changed == 0, output[-3000:]
+    checked = aie("s3-check", "-e", extra, timeout=600)
+    assert checked.returncode == 0 and "0 objects" in checked.stdout, checked.stdout[-2000:] + checked.stderr[-2000:]
