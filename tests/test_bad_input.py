@@ -90,7 +90,9 @@ def test_external_engine_needs_an_http_endpoint(tmp_path: Path, endpoint: str, s
     assert shown in output and "minio_engine: external needs the URL of your S3 service" in output
 
 
-def test_external_engine_refuses_a_missing_ca_bundle(tmp_path: Path) -> None:
-    output = deploy(tmp_path, minio_engine="external", aie_s3_endpoint="https://s3.example.org",
-                    aie_s3_ca_bundle=str(tmp_path / "no-such-ca.pem"))
-    assert f"aie_s3_ca_bundle={tmp_path / 'no-such-ca.pem'}: no PEM certificate file at this path" in output
+@pytest.mark.parametrize("bundle", ["{tmp}/no-such-ca.pem", "ca.pem", "{tmp}/not-a-certificate.pem"])
+def test_external_engine_refuses_a_missing_ca_bundle(tmp_path: Path, bundle: str) -> None:
+    (tmp_path / "not-a-certificate.pem").write_text("not a certificate\n")
+    path = bundle.format(tmp=tmp_path)
+    output = deploy(tmp_path, minio_engine="external", aie_s3_endpoint="https://s3.example.org", aie_s3_ca_bundle=path)
+    assert f"aie_s3_ca_bundle={path}: no PEM certificate file at this path" in output
