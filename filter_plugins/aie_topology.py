@@ -2,13 +2,28 @@
 
 This is the one place that computes service addresses. A service is reached through the
 Docker network (its container name and internal port) from hosts that share its Docker
-engine, and through its host's address and published port from every other host.
+engine, and through its host's address and published port from every other host. A service
+with an `external` URL (the S3 server with `minio_engine: external`) runs on no inventory host:
+every client reaches it at that URL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _external(url: str) -> dict[str, Any]:
+    """The endpoint of a service outside the inventory, reached at `url` from everywhere."""
+    parts = urlsplit(url)
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"not an http(s) URL with a host: {url!r}")
+    port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    address = {"host": parts.hostname, "port": port}
+    return {"server": "", **address, "from_host": dict(address), "url": url.rstrip("/")}
 
 
 def _same_engine(client: str, server: str, hostvars: Mapping[str, Any]) -> bool:
@@ -36,6 +51,9 @@ def aie_endpoints(
     reach it, and (`from_host`) the ones processes on the host itself use."""
     endpoints: dict[str, dict[str, Any]] = {}
     for name, service in services.items():
+        if service.get("external"):
+            endpoints[name] = _external(str(service["external"]))
+            continue
         members = groups.get(service["group"]) or []
         if not members:
             continue
@@ -60,6 +78,22 @@ def aie_endpoints_of(
 ) -> list[dict[str, Any]]:
     """The endpoint of one service as each of `clients` reaches it."""
     return [aie_endpoints(services, client, hostvars, groups)[service] for client in clients]
+
+
+def aie_hosted(services: Mapping[str, Mapping[str, Any]], group_names: list[str]) -> list[str]:
+    """The services whose container runs on a host in `group_names` (external ones run nowhere)."""
+    return [
+        name for name, service in services.items()
+        if service["group"] in group_names and not service.get("external")
+    ]
+
+
+def aie_required_groups(services: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The inventory groups that need a host: those of services neither optional nor external."""
+    return [
+        str(service["group"]) for service in services.values()
+        if not service.get("optional") and not service.get("external")
+    ]
 
 
 def aie_known_host(host: str, port: int) -> str:
@@ -89,6 +123,8 @@ class FilterModule:
         return {
             "aie_endpoints": aie_endpoints,
             "aie_endpoints_of": aie_endpoints_of,
+            "aie_hosted": aie_hosted,
+            "aie_required_groups": aie_required_groups,
             "aie_known_host": aie_known_host,
             "aie_known_host_names": aie_known_host_names,
             "aie_volume_mounts": aie_volume_mounts,

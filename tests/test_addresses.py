@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 SERVICES = {
     "mlflow": {"group": "mlflow", "container": "aie-mlflow", "port": 5000, "published_port": 5500},
@@ -69,3 +75,56 @@ def test_volume_mounts_carry_the_prefix(aie_filters: ModuleType) -> None:
     assert aie_filters.aie_volume_mounts({"mlflow-data": "/mlflow"}, "t1") == [
         {"type": "volume", "source": "t1-mlflow-data", "target": "/mlflow"}
     ]
+
+
+def test_an_external_service_is_reached_at_its_url_from_every_host(aie_filters: ModuleType) -> None:
+    services = {**SERVICES, "s3": {**SERVICES["s3"], "external": "https://s3.example.org:8443/"}}
+    hostvars = {"m1": {"ansible_host": "10.1.0.10"}, "j1": {"ansible_connection": "local"}}
+    # No host in the minio group: the external service needs none.
+    groups = {"mlflow": ["m1"], "sftp": ["m1"], "minio": [], "jupyterlab": ["j1"]}
+    for client in ("m1", "j1"):
+        s3 = aie_filters.aie_endpoints(services, client, hostvars, groups)["s3"]
+        assert s3 == {"server": "", "host": "s3.example.org", "port": 8443,
+                      "from_host": {"host": "s3.example.org", "port": 8443}, "url": "https://s3.example.org:8443"}
+    plain = {"s3": {**SERVICES["s3"], "external": "http://ceph-rgw.lan"}}
+    assert aie_filters.aie_endpoints(plain, "m1", hostvars, groups)["s3"]["port"] == 80
+    assert aie_filters.aie_required_groups(services) == ["mlflow", "sftp"]
+    assert aie_filters.aie_required_groups(SERVICES) == ["mlflow", "sftp", "minio"]
+    assert aie_filters.aie_hosted(services, ["minio", "mlflow"]) == ["mlflow"]
+    with pytest.raises(ValueError, match="not an http"):
+        aie_filters.aie_endpoints({"s3": {**SERVICES["s3"], "external": "s3.example.org"}}, "m1", hostvars, groups)
+
+
+@pytest.mark.parametrize(("inventory", "hosts"), [
+    ("inventory/local", {"localhost"}),
+    ("inventory/multi-host", {"mlflow-1", "notebooks-1", "serving-1", "s3-1"}),
+])
+def test_every_client_is_given_the_external_endpoint(inventory: str, hosts: set[str], tmp_path: Path) -> None:
+    """The clients' environment and files as Ansible computes them from group_vars (no host is contacted)."""
+    url = "https://s3.internal.example:7480"
+    settings = {"minio_engine": "external", "aie_s3_endpoint": url, "aie_s3_region": "eu-central-1",
+                "aie_s3_ca_bundle": "/etc/ssl/private-ca.pem", "aie_keys_dir": str(tmp_path / "keys"),
+                "aie_s3_access_key": "A" * 20, "aie_s3_secret_key": "b" * 40}
+    vars_file = tmp_path / "vars.json"
+    vars_file.write_text(json.dumps(settings))
+    shown = "{{ {'env': aie_artifact_client_env, 'files': aie_artifact_client_files, 'volumes': aie_host_volumes," \
+            " 'endpoint': aie_endpoints.s3} | to_json }}"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible"), "-i", inventory, "mlflow:jupyterlab:serving:minio",
+         "-m", "ansible.builtin.debug", "-a", f"msg={shown}", "-e", f"@{vars_file}", "-o"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=300, check=False,
+        env=dict(os.environ, ANSIBLE_NOCOLOR="1"),
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if "SUCCESS" in line]
+    assert {line.split(" ", 1)[0] for line in lines} == hosts, result.stdout
+    for line in lines:
+        shown_vars = json.loads(json.loads(line.split("=> ", 1)[1])["msg"])
+        env = shown_vars["env"]
+        assert env["MLFLOW_S3_ENDPOINT_URL"] == url, line
+        assert shown_vars["endpoint"]["url"] == url
+        assert env["AWS_DEFAULT_REGION"] == "eu-central-1"
+        assert env["AWS_CA_BUNDLE"] == "/etc/aie/s3/ca-bundle.pem"
+        assert {"name": "s3/ca-bundle.pem", "src": "/etc/ssl/private-ca.pem"} in shown_vars["files"]
+        # No S3 volume to back up anywhere.
+        assert "minio-data" not in shown_vars["volumes"]

@@ -78,3 +78,21 @@ def test_a_bad_experiment_list_is_refused(tmp_path: Path) -> None:
 def test_a_bad_backup_schedule_is_refused(tmp_path: Path, schedule: str) -> None:
     output = deploy(tmp_path, aie_backup_schedule=schedule)
     assert "aie_backup_schedule must be five cron fields" in output and schedule in output
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [("", 'aie_s3_endpoint="":'), ("s3.example.org", 'aie_s3_endpoint="s3.example.org":'),
+     ("ftp://s3.example.org", 'aie_s3_endpoint="ftp://s3.example.org":')],
+)
+def test_external_engine_needs_an_http_endpoint(tmp_path: Path, endpoint: str, shown: str) -> None:
+    output = deploy(tmp_path, minio_engine="external", aie_s3_endpoint=endpoint)
+    assert shown in output and "minio_engine: external needs the URL of your S3 service" in output
+
+
+@pytest.mark.parametrize("bundle", ["{tmp}/no-such-ca.pem", "ca.pem", "{tmp}/not-a-certificate.pem"])
+def test_external_engine_refuses_a_missing_ca_bundle(tmp_path: Path, bundle: str) -> None:
+    (tmp_path / "not-a-certificate.pem").write_text("not a certificate\n")
+    path = bundle.format(tmp=tmp_path)
+    output = deploy(tmp_path, minio_engine="external", aie_s3_endpoint="https://s3.example.org", aie_s3_ca_bundle=path)
+    assert f"aie_s3_ca_bundle={path}: no PEM certificate file at this path" in output
