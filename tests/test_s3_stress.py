@@ -4,7 +4,8 @@ boto3 with its default settings (multipart above 8 MiB, 8 MiB parts, 10 threads 
 transfer) uploads objects of 9 to 64 MiB from several clients at once; MLflow logs a 100 MiB
 artifact, a model above 8 MiB (loaded back, it predicts the same) and a folder of 1,200 files
 (listing pages past 1,000 keys). Every object is read back and compared by sha256: zero
-failures and zero differing bytes. Bounded: a fixed number of uploads, each with a timeout.
+failures and zero differing bytes. Bounded: a fixed number of uploads under boto3's own
+connect and read timeouts, and a timeout on the MLflow script.
 """
 
 from __future__ import annotations
@@ -65,6 +66,44 @@ def test_multipart_uploads_from_several_clients_read_back_whole(stack: dict[str,
     assert failures == []
     assert differing == []
     assert len(results) == UPLOADS
+
+
+# Overwrites the first bytes of a multipart object's first part inside the OSD, as a failing disk
+# would: the S3 server keeps reporting the ETag of what was uploaded.
+CORRUPT_PART = r"""
+set -eu
+pool=default.rgw.buckets.data
+oid=$(rados -p "$pool" ls | grep "__multipart_.*$1.*\.1\$" | head -n 1)
+[ -n "$oid" ]
+rados -p "$pool" get "$oid" /tmp/aie-part
+printf 'aie-corrupted!!!' | dd of=/tmp/aie-part conv=notrunc status=none
+rados -p "$pool" put "$oid" /tmp/aie-part
+rm /tmp/aie-part
+"""
+
+
+def test_s3_check_names_the_runs_that_hold_corrupt_objects(stack: dict[str, Any]) -> None:
+    s3 = s3_client(stack["keys"])
+    bad = "notebooks-s3/0badc0de0badc0de/artifacts/weights.bin"
+    good = "notebooks-s3/600d600d600d600d/artifacts/weights.bin"
+    for key in (bad, good):
+        s3.upload_fileobj(io.BytesIO(os.urandom(9 * MiB)), BUCKET, key)
+    try:
+        clean = aie("s3-check", "-e", stack["extra"], timeout=600)
+        assert clean.returncode == 0, clean.stdout[-2000:] + clean.stderr[-2000:]
+        assert " 0 corrupt" in clean.stdout, clean.stdout
+        corrupted = run(["docker", "exec", f"{PREFIX}-minio", "bash", "-c", CORRUPT_PART, "-", "0badc0de"], timeout=120)
+        assert corrupted.returncode == 0, corrupted.stderr
+        found = aie("s3-check", "-e", stack["extra"], timeout=600)
+        print(found.stdout)
+        assert found.returncode == 1, found.stdout[-2000:] + found.stderr[-2000:]
+        assert " 1 corrupt" in found.stdout
+        assert f"s3://{BUCKET}/{bad}: content does not match its multipart ETag (2 parts)" in found.stdout
+        assert "run with corrupt artifacts: notebooks-s3/0badc0de0badc0de" in found.stdout
+        assert "600d600d" not in found.stdout
+    finally:
+        for key in (bad, good):
+            s3.delete_object(Bucket=BUCKET, Key=key)
 
 
 # MLflow, as a notebook uses it, against the S3 experiment.
@@ -131,41 +170,3 @@ def test_mlflow_large_artifacts_models_and_many_files_on_s3(stack: dict[str, Any
     assert found["many_equal"], "the 1,200 files read back differ"
     assert found["model_bytes"] > 8 * MiB
     assert found["same_predictions"]
-
-
-# Overwrites the first bytes of a multipart object's first part inside the OSD, as a failing disk
-# would: the S3 server keeps reporting the ETag of what was uploaded.
-CORRUPT_PART = r"""
-set -eu
-pool=default.rgw.buckets.data
-oid=$(rados -p "$pool" ls | grep "__multipart_.*$1.*\.1\$" | head -n 1)
-[ -n "$oid" ]
-rados -p "$pool" get "$oid" /tmp/aie-part
-printf 'aie-corrupted!!!' | dd of=/tmp/aie-part conv=notrunc status=none
-rados -p "$pool" put "$oid" /tmp/aie-part
-rm /tmp/aie-part
-"""
-
-
-def test_s3_check_names_the_runs_that_hold_corrupt_objects(stack: dict[str, Any]) -> None:
-    s3 = s3_client(stack["keys"])
-    bad = "notebooks-s3/0badc0de0badc0de/artifacts/weights.bin"
-    good = "notebooks-s3/600d600d600d600d/artifacts/weights.bin"
-    for key in (bad, good):
-        s3.upload_fileobj(io.BytesIO(os.urandom(9 * MiB)), BUCKET, key)
-    try:
-        clean = aie("s3-check", "-e", stack["extra"], timeout=600)
-        assert clean.returncode == 0, clean.stdout[-2000:] + clean.stderr[-2000:]
-        assert " 0 corrupt" in clean.stdout, clean.stdout
-        corrupted = run(["docker", "exec", f"{PREFIX}-minio", "bash", "-c", CORRUPT_PART, "-", "0badc0de"], timeout=120)
-        assert corrupted.returncode == 0, corrupted.stderr
-        found = aie("s3-check", "-e", stack["extra"], timeout=600)
-        print(found.stdout)
-        assert found.returncode == 1, found.stdout[-2000:] + found.stderr[-2000:]
-        assert " 1 corrupt" in found.stdout
-        assert f"s3://{BUCKET}/{bad}: content does not match its multipart ETag (2 parts)" in found.stdout
-        assert "run with corrupt artifacts: notebooks-s3/0badc0de0badc0de" in found.stdout
-        assert "600d600d" not in found.stdout
-    finally:
-        for key in (bad, good):
-            s3.delete_object(Bucket=BUCKET, Key=key)
