@@ -160,6 +160,14 @@ def test_entry_point_replaces_builtin_store(ssh_env: SSHTestEnv, remote_dir: Pat
     assert not remote_dir.exists()
 
 
+def python_warnings_as_errors(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a new interpreter where every warning is an error."""
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **env},
+    )
+
+
 def test_registration_when_imported_before_mlflow() -> None:
     # Importing aie.sftp_store first makes mlflow load the entry point while the module
     # is half-imported; the store must still win, without any warning.
@@ -172,12 +180,7 @@ def test_registration_when_imported_before_mlflow() -> None:
         "repo = get_artifact_repository('sftp://example/srv/artifacts')\n"
         "assert type(repo) is store.SFTPArtifactRepository\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = python_warnings_as_errors(code)
     assert result.returncode == 0, result.stderr
 
 
@@ -190,13 +193,7 @@ def test_bad_reconnect_setting_does_not_break_import() -> None:
         "from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository\n"
         "print(type(get_artifact_repository('s3://bucket/path')).__name__)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, ENV_RECONNECT_SECONDS: "sixty"},
-    )
+    result = python_warnings_as_errors(code, **{ENV_RECONNECT_SECONDS: "sixty"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "S3ArtifactRepository"
 
