@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import paramiko
@@ -843,6 +843,29 @@ def test_a_first_connection_to_nothing_fails_at_once(ssh_env: SSHTestEnv, tmp_pa
     assert time.monotonic() - started < 10
 
 
+def restart_during_upload(ssh_env: SSHTestEnv, remote_dir: Path, upload: Callable[[], object]) -> list[BaseException]:
+    """Run `upload` in a thread, restart the server once it writes its temporary file, and
+    return what the upload raised."""
+    errors: list[BaseException] = []
+
+    def run_upload() -> None:
+        try:
+            upload()
+        except BaseException as exc:  # reported to the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_upload)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not any(p.name.startswith(".aie-upload.") for p in remote_dir.iterdir()):
+        assert time.monotonic() < deadline, "upload did not start"
+        time.sleep(0.002)
+    ssh_env.server.restart_with_frozen_sessions()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    return errors
+
+
 def test_operation_interrupted_by_restart_is_retried(
     ssh_env: SSHTestEnv,
     repo: SFTPArtifactRepository,
@@ -852,26 +875,8 @@ def test_operation_interrupted_by_restart_is_retried(
 ) -> None:
     src = make_file(tmp_path, "large.bin", 96 * 1024 * 1024)
     repo.log_artifact(str(make_file(tmp_path, "warmup.bin", 10)))  # pool a connection
-    errors: list[BaseException] = []
-
-    def upload() -> None:
-        try:
-            repo.log_artifact(str(src))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
     caplog.set_level(logging.WARNING, logger="aie.sftp_store")
-    thread = threading.Thread(target=upload)
-    thread.start()
-    # Wait until the upload is writing its temporary file, then restart underneath it.
-    deadline = time.monotonic() + 10
-    while not any(p.name.startswith(".aie-upload.") for p in remote_dir.iterdir()):
-        assert time.monotonic() < deadline, "upload did not start"
-        time.sleep(0.002)
-    ssh_env.server.restart_with_frozen_sessions()
-    thread.join(timeout=30)
-
-    assert not thread.is_alive()
+    errors = restart_during_upload(ssh_env, remote_dir, lambda: repo.log_artifact(str(src)))
     assert errors == []
     assert "reconnecting, retrying once" in caplog.text
     assert sha256(remote_dir / src.name) == sha256(src)
@@ -888,23 +893,10 @@ def test_stream_upload_interrupted_by_restart(
 ) -> None:
     data = os.urandom(96 * 1024 * 1024)
     repo.log_artifact_from_stream(io.BytesIO(b"x"), "warmup.bin")  # pool a connection
-    errors: list[BaseException] = []
-
-    def upload() -> None:
-        try:
-            repo.log_artifact_from_stream(io.BytesIO(data) if seekable else _OneWayStream(data), "large.bin")
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=upload)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not any(p.name.startswith(".aie-upload.") for p in remote_dir.iterdir()):
-        assert time.monotonic() < deadline, "upload did not start"
-        time.sleep(0.002)
-    ssh_env.server.restart_with_frozen_sessions()
-    thread.join(timeout=30)
-    assert not thread.is_alive()
+    errors = restart_during_upload(
+        ssh_env, remote_dir,
+        lambda: repo.log_artifact_from_stream(io.BytesIO(data) if seekable else _OneWayStream(data), "large.bin"),
+    )
 
     if seekable:  # sent again from the start
         assert errors == []
