@@ -30,8 +30,18 @@ import boto3
 from botocore.config import Config
 
 MiB = 1 << 20
+# 9 to 64 MiB: every one above boto3's 8 MiB multipart threshold, 2 to 8 parts.
 SIZES = [9 * MiB, 12 * MiB, 17 * MiB + 12345, 24 * MiB, 33 * MiB + 1, 64 * MiB]
 PREFIX = "aie-benchmark"
+
+
+def payload(index: int, source: bytes) -> bytes:
+    """Distinct content per object and per part: a rotation of random bytes, tagged with the index.
+    (tests/test_s3_stress.py uploads the same objects.)"""
+    size = SIZES[index % len(SIZES)]
+    start = (index * 7919 * 4096) % len(source)
+    rotated = source[start:] + source[:start]
+    return (index.to_bytes(8, "big") + rotated)[:size]
 
 
 def client(args: argparse.Namespace) -> Any:
@@ -48,8 +58,7 @@ def integrity(args: argparse.Namespace) -> None:
         s3 = client(args)
         for index in range(first, args.uploads, args.clients):
             key = f"{PREFIX}/{index:04d}.bin"
-            start = (index * 7919 * 4096) % len(source)
-            data = (index.to_bytes(8, "big") + source[start:] + source[:start])[: SIZES[index % len(SIZES)]]
+            data = payload(index, source)
             try:
                 s3.upload_fileobj(io.BytesIO(data), args.bucket, key)
                 back = s3.get_object(Bucket=args.bucket, Key=key)["Body"].read()

@@ -14,26 +14,20 @@ import hashlib
 import io
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from conftest import PREFIX, aie, jupyter_exec, run, s3_client
+from conftest import PREFIX, PROJECT, aie, jupyter_exec, run, s3_client
 
-MiB = 1 << 20
+# The benchmark's workload: the same objects, measured there, asserted here.
+sys.path.insert(0, str(PROJECT / "benchmarks"))
+from s3_integrity import SIZES, MiB, payload  # noqa: E402
+
 UPLOADS = 100
 CLIENTS = 4
-# 9 to 64 MiB: every one above boto3's 8 MiB multipart threshold, 2 to 8 parts.
-SIZES = [9 * MiB, 12 * MiB, 17 * MiB + 12345, 24 * MiB, 33 * MiB + 1, 64 * MiB]
 BUCKET = "ai-models"
 KEY_PREFIX = "stress-test"
-
-
-def payload(index: int, source: bytes) -> bytes:
-    """Distinct content per object and per part: a rotation of random bytes, tagged with the index."""
-    size = SIZES[index % len(SIZES)]
-    start = (index * 7919 * 4096) % len(source)
-    rotated = source[start:] + source[:start]
-    return (index.to_bytes(8, "big") + rotated)[:size]
 
 
 def test_multipart_uploads_from_several_clients_read_back_whole(stack: dict[str, Any]) -> None:
