@@ -98,6 +98,9 @@ create_osd() {
     chown ceph:ceph "$dir/keyring"
     ceph-osd -i "$id" --mkfs --osd-uuid "$uuid" "${as_ceph[@]}" 2>&1 | grep -v 'unable to get device name' >&2 || true
     [ -f "$dir/fsid" ] || { log "creating the OSD failed"; exit 1; }
+}
+
+create_gateway_key() {
     ceph auth get-or-create client.rgw mon 'allow rw' osd 'allow rwx' -o "$CEPH/client.rgw.keyring"
     chown ceph:ceph "$CEPH/client.rgw.keyring"
 }
@@ -144,6 +147,7 @@ osd_id=$(basename "$(ls -d "$CEPH"/osd/ceph-*)")
 osd_id=${osd_id#ceph-}
 ceph-osd -f -i "$osd_id" "${as_ceph[@]}" 2> >(grep --line-buffered -v 'unable to get device name' >&2) &
 wait_for '"num_up_osds":1' "OSD" osd stat -f json
+[ -f "$CEPH/client.rgw.keyring" ] || create_gateway_key
 
 if user=$(timeout 120 radosgw-admin user info --uid=aie 2>/dev/null); then
     # The user is never modified once created: other credentials than the user's are refused.
