@@ -103,8 +103,9 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("e2e")
     keys = work / "keys"
+    # The smallest rgw store: backups and restores read its whole BlueStore file.
     settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE,
-                "aie_backup_local_path": str(work / "backups"), **PORTS}
+                "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"), **PORTS}
     extra = write_vars(work / "vars.json", settings)
     # The test prefix belongs to the tests: containers and volumes left by an interrupted
     # earlier run (with other generated credentials) are removed first.
