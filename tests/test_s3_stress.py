@@ -15,10 +15,16 @@ import io
 import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from conftest import PREFIX, PROJECT, aie, jupyter_exec, run, s3_client
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from conftest import PORTS, PREFIX, PROJECT, aie, jupyter_exec, run, s3_client
 
 # The benchmark's workload: the same objects, measured there, asserted here.
 sys.path.insert(0, str(PROJECT / "benchmarks"))
@@ -164,3 +170,23 @@ def test_mlflow_large_artifacts_models_and_many_files_on_s3(stack: dict[str, Any
     assert found["many_equal"], "the 1,200 files read back differ"
     assert found["model_bytes"] > 8 * MiB
     assert found["same_predictions"]
+
+
+def test_s3_refuses_requests_without_the_keys(stack: dict[str, Any]) -> None:
+    key = "stress-test/private.bin"
+    s3_client(stack["keys"]).put_object(Bucket=BUCKET, Key=key, Body=b"private")
+    try:
+        for path in (f"/{BUCKET}/{key}", f"/{BUCKET}"):  # an object, the bucket's listing
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"http://127.0.0.1:{PORTS['aie_s3_port']}{path}", timeout=30)
+            assert refused.value.code == 403, path
+        wrong = boto3.client(
+            "s3", endpoint_url=f"http://127.0.0.1:{PORTS['aie_s3_port']}", region_name="us-east-1",
+            aws_access_key_id=(stack["keys"] / "secrets" / "s3_access_key").read_text().split()[0],
+            aws_secret_access_key="not-the-secret-key-of-this-deployment",
+        )
+        with pytest.raises(ClientError) as denied:
+            wrong.get_object(Bucket=BUCKET, Key=key)
+        assert denied.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    finally:
+        s3_client(stack["keys"]).delete_object(Bucket=BUCKET, Key=key)
