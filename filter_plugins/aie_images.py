@@ -1,0 +1,59 @@
+"""Filters for building images: one digest of everything an image is built from.
+
+A no-op deployment must not copy build contexts file by file and run builds through the
+layer cache only to find nothing changed. The roles label each image with the digest of its
+inputs (build context, sources, build arguments, parent images) and skip the whole
+preparation when the label matches. Ansible's `hash` filter digests one string and the
+`checksum`/`stat` facilities one file at a time on a host; nothing digests a tree of files on
+the controller, hence this filter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from typing import Any
+
+_SKIPPED_DIRS = {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+
+
+def _files_under(root: str) -> list[str]:
+    names = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS)
+        for name in files:
+            names.append(os.path.relpath(os.path.join(folder, name), root))
+    return sorted(names)
+
+
+def aie_tree_digest(root: str, names: Iterable[str] | None = None) -> str:
+    """sha256 over the relative names, modes and contents of files under `root`.
+
+    With `names`, only those files (relative to `root`); without, every file under it. A
+    missing file raises, naming it: an image must not be built from a partial context.
+    """
+    if not os.path.isdir(root):
+        raise ValueError(f"aie_tree_digest: {root!r} is not a folder")
+    digest = hashlib.sha256()
+    for name in sorted(names) if names is not None else _files_under(root):
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            raise ValueError(f"aie_tree_digest: {path!r} is not a file")
+        executable = os.access(path, os.X_OK)
+        with open(path, "rb") as handle:
+            content = hashlib.sha256(handle.read()).hexdigest()
+        digest.update(f"{name}\0{int(executable)}\0{content}\n".encode())
+    return digest.hexdigest()
+
+
+def aie_image_ref(name: str) -> str:
+    """The reference Docker lists an image under: `name` with `:latest` unless it has a tag."""
+    if "@" in name or ":" in name.rsplit("/", 1)[-1]:
+        return name
+    return f"{name}:latest"
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {"aie_tree_digest": aie_tree_digest, "aie_image_ref": aie_image_ref}

@@ -1,0 +1,73 @@
+"""The digest that decides whether an image is prepared and built (filter_plugins/aie_images.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def images() -> ModuleType:
+    path = PROJECT / "filter_plugins" / "aie_images.py"
+    spec = importlib.util.spec_from_file_location("aie_images", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def context(tmp_path: Path) -> Path:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "entrypoint.sh").write_text("#!/bin/sh\n")
+    return tmp_path
+
+
+def test_the_digest_follows_content_names_and_modes(images: ModuleType, context: Path) -> None:
+    first = images.aie_tree_digest(str(context))
+    assert images.aie_tree_digest(str(context)) == first
+    (context / "Dockerfile").write_text("FROM scratch\nUSER 1000\n")
+    edited = images.aie_tree_digest(str(context))
+    assert edited != first
+    (context / "bin" / "entrypoint.sh").chmod(0o755)
+    assert images.aie_tree_digest(str(context)) != edited
+    (context / "bin" / "entrypoint.sh").rename(context / "bin" / "start.sh")
+    assert len({first, edited, images.aie_tree_digest(str(context))}) == 3
+
+
+def test_caches_do_not_count_and_listed_names_do(images: ModuleType, context: Path) -> None:
+    before = images.aie_tree_digest(str(context))
+    (context / "__pycache__").mkdir()
+    (context / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    assert images.aie_tree_digest(str(context)) == before
+    only = images.aie_tree_digest(str(context), ["Dockerfile"])
+    assert only != before
+    (context / "bin" / "entrypoint.sh").write_text("changed\n")
+    assert images.aie_tree_digest(str(context), ["Dockerfile"]) == only
+
+
+def test_a_missing_file_or_folder_is_named(images: ModuleType, context: Path) -> None:
+    with pytest.raises(ValueError, match="nothing.py"):
+        images.aie_tree_digest(str(context), ["nothing.py"])
+    with pytest.raises(ValueError, match="absent"):
+        images.aie_tree_digest(str(context / "absent"))
+
+
+@pytest.mark.parametrize(
+    ("name", "ref"),
+    [
+        ("aie/mlflow", "aie/mlflow:latest"),
+        ("aie/mlflow:2", "aie/mlflow:2"),
+        ("registry:5000/aie/mlflow", "registry:5000/aie/mlflow:latest"),
+        ("debian:trixie-slim", "debian:trixie-slim"),
+        ("debian@sha256:" + "0" * 64, "debian@sha256:" + "0" * 64),
+    ],
+)
+def test_image_references_get_the_tag_docker_lists(images: ModuleType, name: str, ref: str) -> None:
+    assert images.aie_image_ref(name) == ref
