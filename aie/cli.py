@@ -8,7 +8,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -47,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("--yes", action="store_true", help="do not ask before --purge")
     add("status", "show each service's health and URL")
     serve = add("serve", "serve a registered model (deploy, or update after the alias moved)")
-    serve.add_argument("--model", default="conv-net-digits", help="registered model name (default: %(default)s)")
-    serve.add_argument("--alias", default="champion", help="alias of the version to serve (default: %(default)s)")
+    serve.add_argument("--model", help="registered model name (default: serving_model_name, conv-net-digits)")
+    serve.add_argument("--alias", help="alias of the version to serve (default: serving_model_alias, champion)")
     predict = add("predict", "send a request to the served model and print its answer")
     predict.add_argument(
         "--json", type=Path, metavar="FILE",
@@ -63,52 +64,72 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CommandError(Exception):
+    """A reason the command cannot go on, printed as one `aie: error:` line."""
+
+
+Handler = Callable[[Path, Path, list[str], argparse.Namespace], int]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
     args = _parser().parse_args(argv)
+    try:
+        status = _command(args)
+    except CommandError as error:
+        status = 1
+        message = str(error)
+    else:
+        message = ""
+    # The wall time of every command, then the one error line (always the last line).
+    print(f"aie: {args.command} took {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    if message:
+        print(f"aie: error: {message}", file=sys.stderr)
+    return status
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         project_dir = find_project_dir(args.project_dir)
     except FileNotFoundError as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     inventory = args.inventory or project_dir / "inventory" / "local"
     if not inventory.exists():
-        return _fail(f"inventory {inventory} does not exist")
+        raise CommandError(f"inventory {inventory} does not exist")
     extra: list[str] = []
     for value in args.extra_vars:
         extra += ["-e", value]
+    return COMMANDS[args.command](project_dir, inventory, extra, args)
 
-    if args.command == "up":
-        if args.offline or args.pull:
-            extra += ["-e", f"base_image_source={'debootstrap' if args.offline else 'pull'}"]
-        if args.check:
-            extra.append("--check")
-        return _deploy("site.yml", project_dir, inventory, extra, args)
-    if args.command == "down":
-        if args.purge:
-            if not args.yes and not _confirm_purge():
-                return _fail("not purging: nothing was removed")
-            extra += ["-e", "aie_purge=true"]
-        return _deploy("playbooks/down.yml", project_dir, inventory, extra, args)
-    if args.command == "serve":
-        extra += ["-e", json.dumps({"serving_model_name": args.model, "serving_model_alias": args.alias,
-                                    "serving_required": True})]
-        return _deploy("playbooks/serving.yml", project_dir, inventory, extra, args)
-    if args.command == "predict":
-        return _predict(project_dir, inventory, extra, args)
-    if args.command == "backup":
-        return _backup(project_dir, inventory, extra, args)
-    if args.command == "snapshots":
-        return _snapshots(project_dir, inventory, extra, args)
-    if args.command == "restore":
-        extra += ["-e", json.dumps({"backup_snapshot": args.snapshot or "", "backup_force": args.force})]
-        return _restore(project_dir, inventory, extra, args)
-    if args.command == "s3-check":
-        return _s3_check(project_dir, inventory, extra, args)
-    return _status(project_dir, inventory, extra, args)
+
+def _up(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    if args.offline or args.pull:
+        extra += ["-e", f"base_image_source={'debootstrap' if args.offline else 'pull'}"]
+    if args.check:
+        extra.append("--check")
+    return _deploy("site.yml", project_dir, inventory, extra, args)
+
+
+def _down(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    if args.purge:
+        if not args.yes and not _confirm_purge():
+            raise CommandError("not purging: nothing was removed")
+        extra += ["-e", "aie_purge=true"]
+    return _deploy("playbooks/down.yml", project_dir, inventory, extra, args)
+
+
+def _serve(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    # The serving role holds the default model and alias: only what the user gave is passed.
+    chosen = {"serving_model_name": args.model, "serving_model_alias": args.alias}
+    settings = {name: value for name, value in chosen.items() if value is not None}
+    extra += ["-e", json.dumps({**settings, "serving_required": True})]
+    return _deploy("playbooks/serving.yml", project_dir, inventory, extra, args)
 
 
 def _run(
     playbook: str, project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace
 ) -> PlaybookResult:
+    """Run a playbook; its result, or CommandError with the reason it failed."""
     cancel = threading.Event()
 
     def on_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -117,38 +138,26 @@ def _run(
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        return run_playbook(
+        result = run_playbook(
             playbook, project_dir=project_dir, inventory=inventory, extra_args=extra,
             # Progress goes to stderr: stdout carries results (status, predictions).
             limit=args.limit, verbose=args.verbose, cancel=cancel, out=sys.stderr,
         )
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _run_ok(
-    playbook: str, project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace
-) -> PlaybookResult | None:
-    """Run a playbook; its result, or None once the reason it failed is printed."""
-    result = _run(playbook, project_dir, inventory, extra, args)
-    if result.ok:
-        return result
-    _fail(result.failures[0] if result.failures else f"{playbook} failed ({result.status})")
-    return None
+    if not result.ok:
+        raise CommandError(result.failures[0] if result.failures else f"{playbook} failed ({result.status})")
+    return result
 
 
 def _deploy(playbook: str, project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
-    result = _run_ok(playbook, project_dir, inventory, extra, args)
-    if result is None:
-        return 1
+    result = _run(playbook, project_dir, inventory, extra, args)
     print(f"aie: {playbook} done, changed={result.changed}")
     return 0
 
 
 def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
-    result = _run_ok("playbooks/status.yml", project_dir, inventory, extra, args)
-    if result is None:
-        return 1
+    result = _run("playbooks/status.yml", project_dir, inventory, extra, args)
     healthy = True
     for host, report in sorted(result.facts.items()):
         for service in SERVICE_ORDER:
@@ -160,10 +169,15 @@ def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse
                     healthy &= bool(entry["healthy"])
                     state = "healthy" if entry["healthy"] else "DOWN"
                 print(f"{service:<13} {state:<8} {entry['url']:<36} ({host})")
-    token = project_dir / "files" / "keys" / "secrets" / "jupyterlab_token"
+    token = keys_dir(project_dir) / "secrets" / "jupyterlab_token"
     if token.is_file():
         print(f"JupyterLab token: {token.read_text().split()[0]}")
     return 0 if healthy else 1
+
+
+def keys_dir(project_dir: Path) -> Path:
+    """Where the deployment's keys and secrets are (AIE_KEYS_DIR moves them, as in group_vars)."""
+    return Path(os.environ.get("AIE_KEYS_DIR") or project_dir / "files" / "keys")
 
 
 def _predict(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
@@ -172,11 +186,9 @@ def _predict(project_dir: Path, inventory: Path, extra: list[str], args: argpars
             payload = args.json.read_text()
             json.loads(payload)
         except (OSError, ValueError) as error:
-            return _fail(f"cannot use {args.json} as a request: {error}")
+            raise CommandError(f"cannot use {args.json} as a request: {error}") from None
         extra += ["-e", json.dumps({"predict_payload": payload})]
-    result = _run_ok("playbooks/predict.yml", project_dir, inventory, extra, args)
-    if result is None:
-        return 1
+    result = _run("playbooks/predict.yml", project_dir, inventory, extra, args)
     for host, report in sorted(result.facts.items()):
         print(f"# {report['model_uri']} on {host}", file=sys.stderr)
         print(json.dumps(report["answer"]))
@@ -184,9 +196,7 @@ def _predict(project_dir: Path, inventory: Path, extra: list[str], args: argpars
 
 
 def _backup(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
-    result = _run_ok("playbooks/backup.yml", project_dir, inventory, extra, args)
-    if result is None:
-        return 1
+    result = _run("playbooks/backup.yml", project_dir, inventory, extra, args)
     for host, report in sorted(result.facts.items()):
         done = report["backup"]
         print(f"{host}: snapshot {str(done['snapshot'])[:8]}, {done['files']} files, "
@@ -195,9 +205,7 @@ def _backup(project_dir: Path, inventory: Path, extra: list[str], args: argparse
 
 
 def _snapshots(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
-    result = _run_ok("playbooks/snapshots.yml", project_dir, inventory, extra, args)
-    if result is None:
-        return 1
+    result = _run("playbooks/snapshots.yml", project_dir, inventory, extra, args)
     # Hosts that share a repository list the same snapshots.
     found = {snap["id"]: snap for report in result.facts.values() for snap in report["snapshots"]}
     print(f"{'ID':<9} {'TIME (UTC)':<20} {'HOST':<20} {'SIZE':>10}")
@@ -209,9 +217,8 @@ def _snapshots(project_dir: Path, inventory: Path, extra: list[str], args: argpa
 
 
 def _restore(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
-    result = _run_ok("playbooks/restore.yml", project_dir, inventory, extra, args)
-    if result is None:
-        return 1
+    extra += ["-e", json.dumps({"backup_snapshot": args.snapshot or "", "backup_force": args.force})]
+    result = _run("playbooks/restore.yml", project_dir, inventory, extra, args)
     for host, report in sorted(result.facts.items()):
         done = report.get("restore")
         if done:
@@ -222,9 +229,7 @@ def _restore(project_dir: Path, inventory: Path, extra: list[str], args: argpars
 
 
 def _s3_check(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
-    result = _run_ok("playbooks/s3_check.yml", project_dir, inventory, extra, args)
-    if result is None:
-        return 1
+    result = _run("playbooks/s3_check.yml", project_dir, inventory, extra, args)
     damaged = 0
     for host, report in sorted(result.facts.items()):
         found = report["s3_check"]
@@ -236,6 +241,19 @@ def _s3_check(project_dir: Path, inventory: Path, extra: list[str], args: argpar
             print(f"  run with corrupt artifacts: {run}")
         damaged += len(found["corrupt"])
     return 1 if damaged else 0
+
+
+COMMANDS: dict[str, Handler] = {
+    "up": _up,
+    "down": _down,
+    "status": _status,
+    "serve": _serve,
+    "predict": _predict,
+    "backup": _backup,
+    "snapshots": _snapshots,
+    "s3-check": _s3_check,
+    "restore": _restore,
+}
 
 
 def _size(count: object) -> str:
@@ -254,11 +272,6 @@ def _confirm_purge() -> bool:
         return False
     answer = input("Delete the data volumes (MLflow runs, SFTP artifacts, S3 objects)? Type 'purge': ")
     return answer.strip() == "purge"
-
-
-def _fail(message: str) -> int:
-    print(f"aie: error: {message}", file=sys.stderr)
-    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -132,10 +132,9 @@ def run_playbook(
         (lambda: cancel.is_set()) if cancel else (lambda: False)
     )
     # ansible-playbook is installed beside the Python running aie, which need not be on
-    # PATH (ansible-runner looks it up there).
-    bin_dir = str(Path(sys.executable).parent)
-    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    # PATH: the run's own environment puts it first (ansible-runner looks the command up
+    # there), leaving this process's environment alone.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
     try:
         runner = ansible_runner.run(
             private_data_dir=str(private_dir),
@@ -152,6 +151,7 @@ def run_playbook(
             envvars={
                 "ANSIBLE_NOCOLOR": "1",
                 "ANSIBLE_CONFIG": str(project_dir / "ansible.cfg"),
+                "PATH": path,
             },
         )
         stats = runner.stats or {}

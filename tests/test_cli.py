@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,30 @@ def test_a_missing_inventory_is_named(capsys: pytest.CaptureFixture[str]) -> Non
     assert "inventory /nonexistent/inventory does not exist" in capsys.readouterr().err
 
 
+def test_every_command_prints_its_wall_time(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["snapshots", "-i", "/nonexistent/inventory"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(r"aie: snapshots took [0-9]+[.][0-9] s", lines[-2]), lines
+    assert lines[-1].startswith("aie: error: inventory /nonexistent/inventory")
+
+
+def test_the_keys_folder_follows_aie_keys_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("AIE_KEYS_DIR", raising=False)
+    assert cli.keys_dir(PROJECT) == PROJECT / "files" / "keys"
+    monkeypatch.setenv("AIE_KEYS_DIR", str(tmp_path))
+    assert cli.keys_dir(PROJECT) == tmp_path
+
+
+def test_running_a_playbook_leaves_path_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # ansible-playbook is found beside this Python even when that folder is not on PATH.
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    before = os.environ.get("PATH")
+    result = run_playbook("playbooks/keys.yml", project_dir=PROJECT, inventory=PROJECT / "inventory" / "local",
+                          extra_args=["-e", f"aie_keys_dir={tmp_path}", "--check"], out=io.StringIO())
+    assert result.ok, result.failures
+    assert os.environ.get("PATH") == before
+
+
 def test_sizes_are_printed_in_binary_units() -> None:
     assert [cli._size(n) for n in (512, 1536, 3 * 1024**2, 5 * 1024**4, None)] == [
         "512 B", "1.5 KiB", "3.0 MiB", "5120.0 GiB", "-"]
@@ -30,7 +56,8 @@ def test_purge_is_refused_without_confirmation() -> None:
     # No terminal to ask on and no --yes: nothing is removed.
     result = aie("down", "--purge", timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip() == "aie: error: not purging: nothing was removed"
+    expected = r"aie: down took [0-9.]+ s\naie: error: not purging: nothing was removed"
+    assert re.fullmatch(expected, result.stderr.strip())
 
 
 def test_an_unreachable_host_fails_with_one_line_naming_it(tmp_path: Path) -> None:
