@@ -1,7 +1,7 @@
 """Every image's Python requirements resolve on linux/amd64 and on linux/arm64 (Apple silicon).
 
 Each image installs its own requirements.txt on top of its parent image's (the Dockerfile's
-``PARENT_IMAGE``), so a chain is resolved as a whole, with uv, for CPython 3.13 (Debian
+``BASE_IMAGE``), so a chain is resolved as a whole, with uv, for CPython 3.13 (Debian
 trixie, the base image) and wheels only. uv, unlike ``pip --platform``, evaluates environment
 markers (``platform_machine``) for the target platform rather than for this machine.
 """
@@ -21,7 +21,7 @@ from conftest import PROJECT
 PYTHON_VERSION = "3.13"
 PLATFORMS = ("x86_64-manylinux_2_17", "aarch64-manylinux_2_17")
 ROLES = PROJECT / "roles"
-PARENT = re.compile(r"^ARG PARENT_IMAGE=(\S+)", re.MULTILINE)
+PARENT = re.compile(r"^ARG BASE_IMAGE=(\S+)", re.MULTILINE)
 
 
 def image_roles() -> dict[str, str]:
@@ -34,7 +34,9 @@ def requirement_chain(role: str) -> list[Path]:
     """The requirements files an image of `role` installs, its ancestors' first."""
     dockerfile = (ROLES / role / "docker/Dockerfile").read_text()
     parent = PARENT.search(dockerfile)
-    chain = requirement_chain(image_roles()[parent.group(1)]) if parent else []
+    # The common layer and the base image install no Python requirements.
+    parent_role = image_roles().get(parent.group(1)) if parent else None
+    chain = requirement_chain(parent_role) if parent_role else []
     own = ROLES / role / "docker/requirements.txt"
     return chain + ([own] if own.is_file() else [])
 
