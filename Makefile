@@ -5,7 +5,7 @@ VENV ?= .venv
 AIE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up down status test lint bootstrap benchmark benchmark-s3
+.PHONY: up down status test unit lint bootstrap benchmark benchmark-s3
 
 bootstrap:
 	VENV=$(VENV) scripts/bootstrap
@@ -21,6 +21,10 @@ status: bootstrap
 
 test: bootstrap
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The fast tests: no Docker engine needed (addresses, validation, CLI, lint, platforms, SFTP store).
+unit: bootstrap
+	$(VENV)/bin/python -m pytest -m "not docker" $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(VENV)/bin/python -m pytest tests/test_lint.py

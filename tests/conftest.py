@@ -87,6 +87,14 @@ def jupyter_exec(*command: str, timeout: float = 600) -> subprocess.CompletedPro
     return run(in_jupyterlab(*command), timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need a Docker engine (through the docker_engine fixture) are marked `docker`:
+    `make unit` runs the others, the fast ones."""
+    for item in items:
+        if "docker_engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
+
+
 @pytest.fixture(scope="session")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A Docker engine that answers: with none running yet, the prerequisites install or start
@@ -97,6 +105,13 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> None:
     extra = write_vars(work / "vars.json", {"aie_name_prefix": PREFIX, "aie_keys_dir": str(work / "keys")})
     started = ansible_playbook("-i", "inventory/local", "playbooks/prerequisites.yml", "-e", extra, timeout=1800)
     assert started.returncode == 0, started.stdout[-3000:]
+
+
+@pytest.fixture(scope="session")
+def common_image(docker_engine: None) -> None:
+    """The base image and the common layer every image is built FROM, in this engine."""
+    prepared = ansible_playbook("-i", "inventory/local", "playbooks/prerequisites.yml", timeout=1800)
+    assert prepared.returncode == 0, prepared.stdout[-3000:]
 
 
 @pytest.fixture(scope="session")

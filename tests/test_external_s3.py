@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import PROJECT, aie, ansible_playbook, docker_answers, run, write_vars
+from conftest import PROJECT, aie, ansible_playbook, run, write_vars
 
 PREFIX = "aiex"
 SERVER = "aiex-s3"
@@ -61,13 +61,9 @@ def _client(keys: dict[str, str]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def s3_server() -> Iterator[dict[str, dict[str, str]]]:
+def s3_server(common_image: None) -> Iterator[dict[str, dict[str, str]]]:
     """A RADOS Gateway on 127.0.0.1:PORT with a root user and a user that may not create buckets."""
-    if not docker_answers():
-        pytest.skip("no Docker engine answers")
     if not _image_present(IMAGE):
-        if not _image_present("aie/common:latest"):
-            pytest.skip(f"neither {IMAGE} nor aie/common:latest (to build it from) is here")
         built = run(["docker", "build", "--build-arg", "BASE_IMAGE=aie/common:latest", "-t", IMAGE,
                      str(PROJECT / "roles/minio/docker/rgw")], timeout=3600)
         assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]

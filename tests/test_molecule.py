@@ -11,16 +11,9 @@ import time
 
 import pytest
 
-from conftest import BIN, PROJECT, ansible_playbook, run
+from conftest import BIN, PROJECT, run
 
 SCENARIOS = ["prerequisites", "sftp", "minio", "mlflow", "jupyterlab", "multihost"]
-
-
-@pytest.fixture(scope="module")
-def host_base_image() -> None:
-    # The test hosts are built FROM the base image: make sure this engine has it.
-    prepared = ansible_playbook("-i", "inventory/local", "playbooks/prerequisites.yml", timeout=1800)
-    assert prepared.returncode == 0, prepared.stdout[-3000:]
 
 
 def remove_engine_volumes(scenario: str) -> None:
@@ -33,7 +26,8 @@ def remove_engine_volumes(scenario: str) -> None:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario(scenario: str, host_base_image: None) -> None:
+def test_molecule_scenario(scenario: str, common_image: None) -> None:
+    # The test hosts are built FROM the base image, and given the controller's images.
     logs = PROJECT / "test-artifacts"
     logs.mkdir(exist_ok=True)
     remove_engine_volumes(scenario)
