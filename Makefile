@@ -5,7 +5,7 @@ VENV ?= .venv
 AIE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up down status test unit lint bootstrap benchmark benchmark-s3
+.PHONY: up down status test unit lint bootstrap benchmark benchmark-s3 benchmark-speed
 
 bootstrap:
 	VENV=$(VENV) scripts/bootstrap
@@ -35,3 +35,7 @@ benchmark: bootstrap
 # Multipart integrity and MLflow-vs-boto3 upload speed against the deployed local stack's S3 server.
 benchmark-s3: bootstrap
 	$(VENV)/bin/python benchmarks/s3_integrity.py
+
+# Wall time of a no-op `aie up`, `aie status`, `aie serve` and `aie predict` on the deployed local stack.
+benchmark-speed: bootstrap
+	$(VENV)/bin/python benchmarks/speed.py --serve
