@@ -187,7 +187,7 @@ def backup(config: dict[str, Any]) -> None:
     finally:
         for container in paused:
             docker.unpause(container)
-    summary = next(
+    summary: dict[str, Any] = next(
         (m for m in map(json.loads, result.stdout.splitlines()) if m.get("message_type") == "summary"), {}
     )
     keep = config["keep"]

@@ -1,0 +1,90 @@
+"""aie-backup's own logic (roles/backup/docker/aie_backup.py), without restic or Docker.
+
+The end-to-end restore drill and the multihost scenario run it for real in its container;
+these tests pin down what they cannot see: consistent copies of live SQLite databases, which
+files count as databases, glob escaping for restic's exclude list and the refusals.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sqlite3
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from conftest import PROJECT
+
+
+@pytest.fixture(scope="module")
+def tool() -> ModuleType:
+    path = PROJECT / "roles" / "backup" / "docker" / "aie_backup.py"
+    spec = importlib.util.spec_from_file_location("aie_backup", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_live_database_is_copied_whole_and_consistent(tool: ModuleType, tmp_path: Path) -> None:
+    live = tmp_path / "mlflow.db"
+    writer = sqlite3.connect(live)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE metrics (step INTEGER, value REAL)")
+    writer.executemany("INSERT INTO metrics VALUES (?, ?)", [(i, i / 3) for i in range(5000)])
+    writer.commit()
+    # Committed rows still in the write-ahead log, a transaction left open: a file copy would miss
+    # the first and could catch the second half-done.
+    assert (tmp_path / "mlflow.db-wal").stat().st_size > 0
+    writer.execute("INSERT INTO metrics VALUES (-1, -1)")
+    live.chmod(0o640)
+    copy = tmp_path / "stage" / "mlflow.db"
+    tool.copy_database(live, copy)
+    writer.rollback()
+    writer.close()
+    with sqlite3.connect(copy) as db:
+        assert db.execute("SELECT count(*), min(step), max(step) FROM metrics").fetchone() == (5000, 0, 4999)
+    assert copy.stat().st_mode & 0o777 == 0o640
+
+
+def test_only_sqlite_files_count_as_databases(tool: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "runs" / "1").mkdir(parents=True)
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute("CREATE TABLE t (x)")
+    with sqlite3.connect(tmp_path / "runs" / "1" / "auth.db") as db:
+        db.execute("CREATE TABLE t (x)")
+    (tmp_path / "mlflow.db-wal").write_bytes(b"SQLite format 3\x00 but a side file")
+    (tmp_path / "model.pkl").write_bytes(b"\x80\x04 not a database")
+    (tmp_path / "link.db").symlink_to(tmp_path / "mlflow.db")
+    found = sorted(path.relative_to(tmp_path).as_posix() for path in tool.databases(tmp_path))
+    assert found == ["mlflow.db", "runs/1/auth.db"]
+
+
+def test_glob_characters_are_escaped_for_restic(tool: ModuleType) -> None:
+    assert tool.glob_escape(Path("/volumes/a[1]/b*?.db")) == "/volumes/a\\[1\\]/b\\*\\?.db"
+    assert tool.glob_escape(Path("/volumes/plain/mlflow.db")) == "/volumes/plain/mlflow.db"
+
+
+def test_occupied_lists_the_volumes_that_hold_data(
+    tool: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("aie-mlflow-data", "aie-sftp-data"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "aie-sftp-data" / "artifact.bin").write_bytes(b"x")
+    monkeypatch.setattr(tool, "VOLUMES", tmp_path)
+    assert tool.occupied({"volumes": ["aie-mlflow-data", "aie-sftp-data"]}) == ["aie-sftp-data"]
+
+
+def test_a_backup_of_volumes_not_mounted_names_them_and_fails(
+    tool: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "backup.json"
+    config.write_text(json.dumps({"volumes": ["aie-mlflow-data"], "repository": str(tmp_path / "repo"),
+                                  "password_file": str(tmp_path / "password")}))
+    monkeypatch.setattr(tool, "CONFIG", config)
+    monkeypatch.setattr(tool, "VOLUMES", tmp_path / "volumes")
+    assert tool.main(["backup"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"aie-backup: error: volumes not mounted: {tmp_path / 'volumes' / 'aie-mlflow-data'}")
