@@ -15,10 +15,6 @@ from types import FrameType
 
 from aie.runner import PlaybookResult, find_project_dir, run_playbook
 
-SERVICE_ORDER = ("mlflow", "sftp", "s3", "jupyterlab", "serving", "backup_server")
-# Services that may rightly be down: nothing is served before a model is registered.
-OPTIONAL_SERVICES = ("serving",)
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -159,16 +155,16 @@ def _deploy(playbook: str, project_dir: Path, inventory: Path, extra: list[str],
 def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
     result = _run("playbooks/status.yml", project_dir, inventory, extra, args)
     healthy = True
+    # Each entry says where aie_services lists the service, and whether it may rightly be down
+    # (nothing is served before a model is registered).
     for host, report in sorted(result.facts.items()):
-        for service in SERVICE_ORDER:
-            if service in report:
-                entry = report[service]
-                if service in OPTIONAL_SERVICES and not entry["healthy"]:
-                    state = "stopped"
-                else:
-                    healthy &= bool(entry["healthy"])
-                    state = "healthy" if entry["healthy"] else "DOWN"
-                print(f"{service:<13} {state:<8} {entry['url']:<36} ({host})")
+        for service, entry in sorted(report.items(), key=lambda item: int(item[1]["order"])):
+            if entry["optional"] and not entry["healthy"]:
+                state = "stopped"
+            else:
+                healthy &= bool(entry["healthy"])
+                state = "healthy" if entry["healthy"] else "DOWN"
+            print(f"{service:<13} {state:<8} {entry['url']:<36} ({host})")
     token = keys_dir(project_dir) / "secrets" / "jupyterlab_token"
     if token.is_file():
         print(f"JupyterLab token: {token.read_text().split()[0]}")

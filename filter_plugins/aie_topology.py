@@ -61,7 +61,8 @@ def aie_endpoints(
         published = int(service["published_port"])
         if _same_engine(client, server, hostvars):
             host, port = str(service["container"]), int(service["port"])
-            from_host = {"host": "127.0.0.1", "port": published}
+            # The server's own probe address (loopback unless its ports are published on one address).
+            from_host = {"host": str(hostvars[server].get("aie_probe_address") or "127.0.0.1"), "port": published}
         else:
             host, port = _address(server, hostvars), published
             from_host = {"host": host, "port": port}

@@ -128,3 +128,26 @@ def test_every_client_is_given_the_external_endpoint(inventory: str, hosts: set[
         assert {"name": "s3/ca-bundle.pem", "src": "/etc/ssl/private-ca.pem"} in shown_vars["files"]
         # No S3 volume to back up anywhere.
         assert "minio-data" not in shown_vars["volumes"]
+
+
+PUBLISHED = [(None, "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("10.9.8.7", "10.9.8.7")]
+
+
+@pytest.mark.parametrize(("publish", "probe"), PUBLISHED)
+def test_probes_reach_the_published_ports_where_they_are_published(
+    publish: str | None, probe: str, tmp_path: Path
+) -> None:
+    """Health probes and same-host clients use the address ports are published on, not loopback by hand."""
+    settings = {"aie_keys_dir": str(tmp_path / "keys")} | ({"aie_publish_address": publish} if publish else {})
+    vars_file = tmp_path / "vars.json"
+    vars_file.write_text(json.dumps(settings))
+    shown = "{{ {'probe': aie_probe_address, 'mlflow': aie_endpoints.mlflow.from_host.host} | to_json }}"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible"), "-i", "inventory/local", "localhost",
+         "-m", "ansible.builtin.debug", "-a", f"msg={shown}", "-e", f"@{vars_file}", "-o"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=300, check=False,
+        env=dict(os.environ, ANSIBLE_NOCOLOR="1"),
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    shown_vars = json.loads(json.loads(result.stdout.split("=> ", 1)[1])["msg"])
+    assert shown_vars == {"probe": probe, "mlflow": probe}
