@@ -5,10 +5,14 @@ VENV ?= .venv
 AIE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up down status test unit lint bootstrap benchmark benchmark-s3 benchmark-speed
+.PHONY: up down status test unit lint bootstrap bootstrap-test benchmark benchmark-s3 benchmark-speed
 
+# What deploying needs (make up); the tests add their tools (bootstrap-test).
 bootstrap:
-	VENV=$(VENV) scripts/bootstrap
+	VENV=$(VENV) scripts/bootstrap deploy
+
+bootstrap-test:
+	VENV=$(VENV) scripts/bootstrap test
 
 up: bootstrap
 	$(VENV)/bin/aie up $(AIE_ARGS)
@@ -19,23 +23,23 @@ down: bootstrap
 status: bootstrap
 	$(VENV)/bin/aie status
 
-test: bootstrap
+test: bootstrap-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The fast tests: no Docker engine needed (addresses, validation, CLI, lint, platforms, SFTP store).
-unit: bootstrap
-	$(VENV)/bin/python -m pytest -m "not docker" $(PYTEST_ARGS)
+unit: bootstrap-test
+	$(VENV)/bin/python -m pytest -m "not docker and not slow" $(PYTEST_ARGS)
 
-lint: bootstrap
+lint: bootstrap-test
 	$(VENV)/bin/python -m pytest tests/test_lint.py
 
-benchmark: bootstrap
+benchmark: bootstrap-test
 	$(VENV)/bin/python benchmarks/sftp_throughput.py
 
 # Multipart integrity and MLflow-vs-boto3 upload speed against the deployed local stack's S3 server.
-benchmark-s3: bootstrap
+benchmark-s3: bootstrap-test
 	$(VENV)/bin/python benchmarks/s3_integrity.py
 
 # Wall time of a no-op `aie up`, `aie status`, `aie serve` and `aie predict` on the deployed local stack.
-benchmark-speed: bootstrap
+benchmark-speed: bootstrap-test
 	$(VENV)/bin/python benchmarks/speed.py --serve
