@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -56,6 +57,19 @@ def test_an_engine_whose_image_cannot_be_had_is_refused_at_once(tmp_path: Path, 
 def test_two_services_on_one_port_are_refused(tmp_path: Path) -> None:
     output = deploy(tmp_path, aie_sftp_port=5500)
     assert "would publish port(s) 5500 for more than one service" in output
+
+
+def test_a_port_another_program_holds_is_refused_at_once(tmp_path: Path) -> None:
+    # Another program listens where MLflow would be published: nothing is built or started.
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        started = time.perf_counter()
+        output = deploy(tmp_path, aie_mlflow_port=port)
+        print(f"refused in {time.perf_counter() - started:.1f} s")
+    assert (f"Port {port} on localhost is in use by another program: mlflow cannot publish it. "
+            "Stop that program, or set aie_mlflow_port to a free port.") in output
 
 
 def test_a_missing_group_is_named(tmp_path: Path) -> None:
