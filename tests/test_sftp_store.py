@@ -573,24 +573,22 @@ def test_interrupting_log_artifacts_stops_the_uploads(
     main = threading.main_thread().ident
     assert main == threading.get_ident()  # pytest runs tests in the main thread
     interrupted: list[float] = []
+    pressed = threading.Lock()
+    write = paramiko.SFTPFile.write
 
-    def press_ctrl_c_once_uploading() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if remote_dir.is_dir() and any(p.name.startswith(".aie-upload.") for p in remote_dir.iterdir()):
+    # Ctrl-C once the first upload writes (its temporary file exists): pressed from the
+    # upload itself, not from a thread watching the folder, which a fast upload can outrun.
+    def write_and_press_ctrl_c_once(self: paramiko.SFTPFile, data: bytes) -> None:
+        with pressed:
+            if not interrupted:
                 interrupted.append(time.monotonic())
                 signal.pthread_kill(main, signal.SIGINT)
-                return
-            time.sleep(0.001)
+        write(self, data)
 
-    presser = threading.Thread(target=press_ctrl_c_once_uploading)
-    presser.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            repository.log_artifacts(str(tree))
-        stopped = time.monotonic()
-    finally:
-        presser.join()
+    monkeypatch.setattr(paramiko.SFTPFile, "write", write_and_press_ctrl_c_once)
+    with pytest.raises(KeyboardInterrupt):
+        repository.log_artifacts(str(tree))
+    stopped = time.monotonic()
     assert interrupted, "the upload never started"
     assert stopped - interrupted[0] < 5
     # Neither the queued files nor the interrupted ones arrived, and nothing is left over.
