@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 _SKIPPED_DIRS = {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
@@ -54,6 +54,27 @@ def aie_image_ref(name: str) -> str:
     return f"{name}:latest"
 
 
+def _listed(images: Iterable[Mapping[str, Any]], name: str) -> Mapping[str, Any]:
+    ref = aie_image_ref(name)
+    return next((image for image in images if ref in (image.get("RepoTags") or [])), {})
+
+
+def aie_image_id(images: Iterable[Mapping[str, Any]], name: str) -> str:
+    """The ID of image `name` among docker_image_info's `images` ('' when it is not there)."""
+    return str(_listed(images, name).get("Id", ""))
+
+
+def aie_image_label(images: Iterable[Mapping[str, Any]], name: str, label: str) -> str:
+    """Label `label` of image `name` among docker_image_info's `images` ('' when absent)."""
+    labels = (_listed(images, name).get("Config") or {}).get("Labels") or {}
+    return str(labels.get(label, ""))
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"aie_tree_digest": aie_tree_digest, "aie_image_ref": aie_image_ref}
+        return {
+            "aie_tree_digest": aie_tree_digest,
+            "aie_image_ref": aie_image_ref,
+            "aie_image_id": aie_image_id,
+            "aie_image_label": aie_image_label,
+        }

@@ -71,3 +71,14 @@ def test_a_missing_file_or_folder_is_named(images: ModuleType, context: Path) ->
 )
 def test_image_references_get_the_tag_docker_lists(images: ModuleType, name: str, ref: str) -> None:
     assert images.aie_image_ref(name) == ref
+
+
+def test_ids_and_labels_are_read_from_the_listed_image(images: ModuleType) -> None:
+    found = [
+        {"Id": "sha256:base", "RepoTags": ["aie/common:latest"], "Config": {"Labels": None}},
+        {"Id": "sha256:own", "RepoTags": ["aie/mlflow:latest"], "Config": {"Labels": {"aie.inputs": "abc"}}},
+    ]
+    assert images.aie_image_id(found, "aie/common") == "sha256:base"
+    assert images.aie_image_label(found, "aie/mlflow", "aie.inputs") == "abc"
+    assert images.aie_image_label(found, "aie/common:latest", "aie.inputs") == ""
+    assert images.aie_image_id(found, "aie/ml") == "" and images.aie_image_label(found, "aie/ml", "aie.inputs") == ""
