@@ -18,7 +18,9 @@ def deploy(tmp_path: Path, inventory: str = "inventory/local", **settings: objec
     extra = write_vars(tmp_path / "vars.json", {**base, **settings})
     result = ansible_playbook("-i", inventory, "site.yml", "-e", extra)
     assert result.returncode != 0, result.stdout[-2000:]
-    # Nothing was deployed: no container, no state folder on the host, no keys.
+    # Nothing was deployed: no image looked at or built, no container, no state folder on the
+    # host, no keys.
+    assert "Look for the image" not in result.stdout
     assert containers(PREFIX) == []
     assert not (Path.home() / ".local" / "share" / "aie" / PREFIX).exists()
     assert not (tmp_path / "keys" / "sftp_client_ed25519").exists()
