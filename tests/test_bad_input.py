@@ -112,3 +112,9 @@ def test_external_engine_refuses_a_missing_ca_bundle(tmp_path: Path, bundle: str
     path = bundle.format(tmp=tmp_path)
     output = deploy(tmp_path, minio_engine="external", aie_s3_endpoint="https://s3.example.org", aie_s3_ca_bundle=path)
     assert f"aie_s3_ca_bundle={path}: no PEM certificate file at this path" in output
+
+
+def test_a_host_without_room_for_the_images_is_refused(tmp_path: Path, docker_engine: None) -> None:
+    output = deploy(tmp_path, aie_disk_gib_first_build=1_000_000, aie_disk_gib_always=1_000_000)
+    assert "localhost has " in output and " GiB free in Docker's data root" in output
+    assert "1000000 GiB are needed" in output
