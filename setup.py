@@ -18,6 +18,7 @@ setup(
             "ansible>=11,<13",
             "ansible-runner>=2.4,<3",
             "boto3>=1.34,<2",
+            "PyYAML>=6,<7",
         ],
         # What the artifact store needs inside MLflow (server and notebooks).
         "mlflow": [
@@ -28,6 +29,7 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "types-paramiko",
+            "types-PyYAML",
             "ansible-lint>=24",
             "yamllint>=1.35",
             # Resolves the images' requirements for other platforms (tests/test_platforms.py).

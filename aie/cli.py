@@ -9,9 +9,14 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+import yaml
 
 from aie.runner import PlaybookResult, find_project_dir, run_playbook
 
@@ -165,30 +170,85 @@ def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse
                 healthy &= bool(entry["healthy"])
                 state = "healthy" if entry["healthy"] else "DOWN"
             print(f"{service:<13} {state:<8} {entry['url']:<36} ({host})")
-    token = keys_dir(project_dir) / "secrets" / "jupyterlab_token"
+    token = keys_dir(project_dir, args.extra_vars) / "secrets" / "jupyterlab_token"
     if token.is_file():
         print(f"JupyterLab token: {token.read_text().split()[0]}")
     return 0 if healthy else 1
 
 
-def keys_dir(project_dir: Path) -> Path:
-    """Where the deployment's keys and secrets are (AIE_KEYS_DIR moves them, as in group_vars)."""
-    return Path(os.environ.get("AIE_KEYS_DIR") or project_dir / "files" / "keys")
+def keys_dir(project_dir: Path, extra_vars: Sequence[str] = ()) -> Path:
+    """Where the deployment's keys and secrets are: aie_keys_dir given with -e, else
+    AIE_KEYS_DIR, else files/keys (as group_vars/all/paths.yml decides)."""
+    given = _extra_vars(extra_vars).get("aie_keys_dir")
+    return Path(str(given or os.environ.get("AIE_KEYS_DIR") or project_dir / "files" / "keys"))
+
+
+def _extra_vars(values: Sequence[str]) -> dict[str, Any]:
+    """The -e values merged as ansible-playbook reads them (@file, YAML/JSON, key=value).
+
+    Ansible's own reader (ansible.utils.vars.load_extra_vars) takes them from its global CLI
+    context, which only an ansible command sets up; its parsers are used here instead."""
+    from ansible.parsing.splitter import parse_kv  # noqa: PLC0415 - only commands that read -e need it
+
+    merged: dict[str, Any] = {}
+    for value in values:
+        if value.startswith("@"):
+            try:
+                loaded = yaml.safe_load(Path(value[1:]).read_text())
+            except (OSError, yaml.YAMLError) as error:
+                raise CommandError(f"cannot read the variables in {value[1:]}: {error}") from None
+        elif value.lstrip().startswith(("{", "[")):
+            loaded = yaml.safe_load(value)
+        else:
+            loaded = parse_kv(value)
+        if isinstance(loaded, dict):
+            merged.update(loaded)
+    return merged
 
 
 def _predict(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    # HTTP straight to the served model: the serving role recorded its URL and input example
+    # (aie_serving_record), so no playbook runs here.
+    payload = None
     if args.json is not None:
         try:
             payload = args.json.read_text()
             json.loads(payload)
         except (OSError, ValueError) as error:
             raise CommandError(f"cannot use {args.json} as a request: {error}") from None
-        extra += ["-e", json.dumps({"predict_payload": payload})]
-    result = _run("playbooks/predict.yml", project_dir, inventory, extra, args)
-    for host, report in sorted(result.facts.items()):
-        print(f"# {report['model_uri']} on {host}", file=sys.stderr)
-        print(json.dumps(report["answer"]))
+    folder = keys_dir(project_dir, args.extra_vars) / "serving"
+    records = sorted(folder.glob("*.json"))
+    if args.limit:
+        records = [path for path in records if path.stem in args.limit.split(",")]
+    if not records:
+        raise CommandError(f"no served model is recorded in {folder}{' for ' + args.limit if args.limit else ''}: "
+                           "run aie serve")
+    for path in records:
+        record = json.loads(path.read_text())
+        body = payload if payload is not None else json.dumps(record["example"])
+        print(f"# {record['model_uri']} ({record['served_as']}) on {path.stem}", file=sys.stderr)
+        print(json.dumps(_invoke(record["url"], body)))
     return 0
+
+
+def _invoke(url: str, body: str) -> object:
+    """POST one request to a model server's /invocations; its JSON answer."""
+    request = urllib.request.Request(f"{url}/invocations", data=body.encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - the recorded http URL
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")
+        try:
+            detail = json.loads(detail).get("message", detail)
+        except (ValueError, AttributeError):
+            pass
+        raise CommandError(f"the model at {url} answered {error.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise CommandError(f"no model answers at {url} ({reason}): run aie serve (aie status shows what runs)") \
+            from None
 
 
 def _backup(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:

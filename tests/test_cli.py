@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,33 @@ def test_the_keys_folder_follows_aie_keys_dir(monkeypatch: pytest.MonkeyPatch, t
     assert cli.keys_dir(PROJECT) == PROJECT / "files" / "keys"
     monkeypatch.setenv("AIE_KEYS_DIR", str(tmp_path))
     assert cli.keys_dir(PROJECT) == tmp_path
+    # -e outranks the environment, in each form ansible-playbook reads.
+    (tmp_path / "vars.yml").write_text("aie_keys_dir: /from/file\n")
+    assert cli.keys_dir(PROJECT, [f"@{tmp_path / 'vars.yml'}"]) == Path("/from/file")
+    assert cli.keys_dir(PROJECT, ['{"aie_keys_dir": "/from/json"}']) == Path("/from/json")
+    assert cli.keys_dir(PROJECT, ["aie_name_prefix=x aie_keys_dir=/from/kv"]) == Path("/from/kv")
+    assert cli.keys_dir(PROJECT, ["aie_name_prefix=x"]) == tmp_path
+
+
+def test_predict_without_a_served_model_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["predict", "-e", f"aie_keys_dir={tmp_path}"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"aie: error: no served model is recorded in {tmp_path / 'serving'}: run aie serve")
+
+
+def test_predict_names_the_address_that_does_not_answer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A served model recorded by aie serve, whose server is gone (a port nothing listens on).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "serving").mkdir()
+    record = {"url": f"http://127.0.0.1:{port}", "model_uri": "models:/m/1", "served_as": "models:/m@a",
+              "example": {"inputs": [[0]]}}
+    (tmp_path / "serving" / "localhost.json").write_text(json.dumps(record))
+    assert cli.main(["predict", "-e", f"aie_keys_dir={tmp_path}"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"aie: error: no model answers at http://127.0.0.1:{port} (")
+    assert last.endswith("run aie serve (aie status shows what runs)")
 
 
 def test_running_a_playbook_leaves_path_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
