@@ -26,9 +26,10 @@ status: bootstrap
 test: bootstrap-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# The fast tests: no Docker engine needed (addresses, validation, CLI, lint, platforms, SFTP store).
+# The fast tests, on every core: no Docker engine needed (addresses, validation, CLI, platforms,
+# SFTP store). The static checks are `make lint`.
 unit: bootstrap-test
-	$(VENV)/bin/python -m pytest -m "not docker and not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not docker and not slow and not lint" -n auto $(PYTEST_ARGS)
 
 lint: bootstrap-test
 	$(VENV)/bin/python -m pytest tests/test_lint.py

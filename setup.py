@@ -26,6 +26,8 @@ setup(
         ],
         "test": [
             "pytest>=8,<10",
+            # `make unit` runs on every core.
+            "pytest-xdist>=3.5,<4",
             "ruff>=0.6",
             "mypy>=1.10",
             "types-paramiko",

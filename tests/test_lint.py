@@ -6,6 +6,8 @@ import pytest
 
 from conftest import BIN, run
 
+pytestmark = pytest.mark.lint
+
 
 @pytest.mark.parametrize(
     "command",
