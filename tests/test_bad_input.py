@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ansible_playbook, containers, write_vars
+from conftest import PROJECT, ansible_playbook, containers, write_vars
 
 PREFIX = "aiebad"
 
@@ -72,6 +73,19 @@ def test_a_port_another_program_holds_is_refused_at_once(tmp_path: Path) -> None
         print(f"refused in {time.perf_counter() - started:.1f} s")
     assert (f"Port {port} on localhost is in use by another program: mlflow cannot publish it. "
             "Stop that program, or set aie_mlflow_port to a free port.") in output
+
+
+def test_a_setting_in_the_inventorys_group_vars_all_is_used(tmp_path: Path) -> None:
+    # The project's group_vars/all holds defaults: an inventory's group_vars/all overrides them.
+    inventory = tmp_path / "inventory"
+    shutil.copytree(PROJECT / "inventory" / "local", inventory)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        (inventory / "group_vars" / "all.yml").write_text(f"aie_mlflow_port: {port}\n")
+        output = deploy(tmp_path, inventory=str(inventory))
+    assert f"Port {port} on localhost is in use by another program: mlflow" in output
 
 
 def test_a_missing_group_is_named(tmp_path: Path) -> None:
