@@ -17,12 +17,20 @@ SCENARIOS = ["prerequisites", "sftp", "minio", "mlflow", "jupyterlab", "multihos
 
 
 def remove_engine_volumes(scenario: str) -> None:
-    """The test hosts keep their engine's state in named volumes; start and end clean."""
-    prefix = "aie-mh-" if scenario == "multihost" else f"aie-m-{scenario}-"
+    """The test hosts keep their engine's state in named volumes; start and end clean.
+
+    Test hosts left running by an interrupted run hold their volumes (which `docker volume rm`
+    then refuses, and the next run would reuse): they are removed first."""
+    prefix = "aie-mh-" if scenario == "multihost" else f"aie-m-{scenario}"
+    hosts = run(["docker", "ps", "-a", "--format", "{{.Names}}"], timeout=120).stdout.split()
+    leftover = [name for name in hosts if name.startswith(prefix)]
+    if leftover:
+        run(["docker", "rm", "-f", *leftover], timeout=300)
     names = run(["docker", "volume", "ls", "-q"], timeout=120).stdout.split()
     stale = [name for name in names if name.startswith(prefix) and name.endswith("-docker")]
     if stale:
-        run(["docker", "volume", "rm", "-f", *stale], timeout=300)
+        removed = run(["docker", "volume", "rm", "-f", *stale], timeout=300)
+        assert removed.returncode == 0, f"cannot remove the test hosts' engine volumes: {removed.stderr}"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
