@@ -59,12 +59,20 @@ class _Progress:
     def __init__(self, out: TextIO, verbose: bool) -> None:
         self.out = out
         self.verbose = verbose
-        self.failures: list[str] = []
+        # (host, line) of each failure: a host that goes on with another task had it rescued
+        # (block/rescue), and it is forgotten; the ones left stopped the run.
+        self._failures: list[tuple[str, str]] = []
         self.facts: dict[str, Any] = {}
+
+    @property
+    def failures(self) -> list[str]:
+        return [line for _, line in self._failures]
 
     def __call__(self, event: dict[str, Any]) -> bool:
         name = event.get("event", "")
         data = event.get("event_data", {})
+        if name in ("runner_on_start", "runner_on_ok", "runner_on_skipped"):
+            self._failures = [(host, line) for host, line in self._failures if host != data.get("host")]
         if name == "playbook_on_play_start":
             self._print(f"== {data.get('play', '')}")
         elif name in _OUTCOMES:
@@ -86,11 +94,11 @@ class _Progress:
         if name == "runner_on_failed" and data.get("ignore_errors"):
             return
         message = _message(res)
-        self.failures.append(
+        self._failures.append((host,
             f"host {host} is unreachable: {message}"
             if name == "runner_on_unreachable"
             else f"task '{task}' failed on {host}: {message}"
-        )
+        ))
         self._print(f"  {_OUTCOMES[name]:<8} {host:<16} {task}: {message}")
 
     def _print(self, line: str) -> None:

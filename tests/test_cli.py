@@ -113,6 +113,18 @@ def test_a_failed_task_is_reported_with_its_message(tmp_path: Path) -> None:
     assert errors[0].startswith("aie: error: task 'Check aie_s3_secret_key' failed on localhost:")
 
 
+def test_a_rescued_failure_is_not_the_one_reported(tmp_path: Path) -> None:
+    (tmp_path / "ansible.cfg").write_text("[defaults]\n")
+    (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n")
+    (tmp_path / "play.yml").write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - block:\n        - name: Try\n          ansible.builtin.fail: {msg: rescued}\n"
+        "      rescue:\n        - name: Explain\n          ansible.builtin.fail: {msg: the real reason}\n")
+    result = run_playbook("play.yml", project_dir=tmp_path, inventory=tmp_path / "hosts.yml", out=io.StringIO())
+    assert not result.ok
+    assert result.failures == ["task 'Explain' failed on localhost: the real reason"]
+
+
 def test_progress_names_plays_and_changes(tmp_path: Path) -> None:
     # The keys play alone: it generates keys, so it reports changes, task by task.
     inventory = PROJECT / "inventory" / "local"
