@@ -19,9 +19,9 @@ def deploy(tmp_path: Path, inventory: str = "inventory/local", **settings: objec
     extra = write_vars(tmp_path / "vars.json", {**base, **settings})
     result = ansible_playbook("-i", inventory, "site.yml", "-e", extra)
     assert result.returncode != 0, result.stdout[-2000:]
-    # Nothing was deployed: no image looked at or built, no container, no state folder on the
-    # host, no keys.
-    assert "Look for the image" not in result.stdout
+    # Nothing was deployed: no service image looked at or built, no container, no state folder
+    # on the host, no keys.
+    assert "Look for the image and the images it is built from" not in result.stdout
     assert containers(PREFIX) == []
     assert not (Path.home() / ".local" / "share" / "aie" / PREFIX).exists()
     assert not (tmp_path / "keys" / "sftp_client_ed25519").exists()
