@@ -561,7 +561,8 @@ def test_log_artifacts_uses_parallel_connections(
 
 
 def test_interrupting_log_artifacts_stops_the_uploads(
-    ssh_env: SSHTestEnv, tmp_path: Path, remote_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ssh_env: SSHTestEnv, tmp_path: Path, remote_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     monkeypatch.setenv(ENV_PARALLEL, "2")
     tree = tmp_path / "tree"
@@ -572,6 +573,10 @@ def test_interrupting_log_artifacts_stops_the_uploads(
     repository = sftp_repo(ssh_env.uri(remote_dir))
     main = threading.main_thread().ident
     assert main == threading.get_ident()  # pytest runs tests in the main thread
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal: a shell starts background jobs (a CI
+    # run started with `&`) with SIGINT ignored, and Python then installs no handler for it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     interrupted: list[float] = []
     pressed = threading.Lock()
     write = paramiko.SFTPFile.write
