@@ -49,7 +49,7 @@ def test_unknown_engine_is_refused(tmp_path: Path) -> None:
 
 def test_an_engine_whose_image_cannot_be_had_is_refused_at_once(tmp_path: Path, docker_engine: None) -> None:
     engines = {"minio": {"image": "registry.invalid/aie/no-such-s3:1", "build": False, "command": [], "env": {},
-                         "data": "/data", "health": "/", "ceph": False}}
+                         "data": "/data", "ceph": False}}
     started = time.perf_counter()
     output = deploy(tmp_path, minio_engine="minio", minio_engines=engines)
     print(f"refused in {time.perf_counter() - started:.1f} s")
