@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,15 @@ def deploy(tmp_path: Path, inventory: str = "inventory/local", **settings: objec
     assert not (Path.home() / ".local" / "share" / "aie" / PREFIX).exists()
     assert not (tmp_path / "keys" / "sftp_client_ed25519").exists()
     return result.stdout + result.stderr
+
+
+@contextmanager
+def held_port() -> Iterator[int]:
+    """A loopback port another program listens on, for as long as the block runs."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
 
 
 @pytest.mark.parametrize(
@@ -64,10 +75,7 @@ def test_two_services_on_one_port_are_refused(tmp_path: Path) -> None:
 
 def test_a_port_another_program_holds_is_refused_at_once(tmp_path: Path) -> None:
     # Another program listens where MLflow would be published: nothing is built or started.
-    with socket.socket() as other:
-        other.bind(("127.0.0.1", 0))
-        other.listen()
-        port = other.getsockname()[1]
+    with held_port() as port:
         started = time.perf_counter()
         output = deploy(tmp_path, aie_mlflow_port=port)
         print(f"refused in {time.perf_counter() - started:.1f} s")
@@ -79,10 +87,7 @@ def test_a_setting_in_the_inventorys_group_vars_all_is_used(tmp_path: Path) -> N
     # The project's group_vars/all holds defaults: an inventory's group_vars/all overrides them.
     inventory = tmp_path / "inventory"
     shutil.copytree(PROJECT / "inventory" / "local", inventory)
-    with socket.socket() as other:
-        other.bind(("127.0.0.1", 0))
-        other.listen()
-        port = other.getsockname()[1]
+    with held_port() as port:
         (inventory / "group_vars" / "all.yml").write_text(f"aie_mlflow_port: {port}\n")
         output = deploy(tmp_path, inventory=str(inventory))
     assert f"Port {port} on localhost is in use by another program: mlflow" in output
