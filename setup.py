@@ -22,7 +22,7 @@ setup(
         ],
         # What the artifact store needs inside MLflow (server and notebooks).
         "mlflow": [
-            "mlflow>=3.1,<4",
+            "mlflow[auth]>=3.1,<4",
         ],
         "test": [
             "pytest>=8,<10",

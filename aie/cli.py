@@ -170,9 +170,14 @@ def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse
                 healthy &= bool(entry["healthy"])
                 state = "healthy" if entry["healthy"] else "DOWN"
             print(f"{service:<13} {state:<8} {entry['url']:<36} ({host})")
-    token = keys_dir(project_dir, args.extra_vars) / "secrets" / "jupyterlab_token"
+    secrets = keys_dir(project_dir, args.extra_vars) / "secrets"
+    token = secrets / "jupyterlab_token"
     if token.is_file():
         print(f"JupyterLab token: {token.read_text().split()[0]}")
+    # The admin password is never printed: only where it is kept.
+    admin = secrets / "mlflow_admin_password"
+    if admin.is_file():
+        print(f"MLflow admin password: in {admin}")
     return 0 if healthy else 1
 
 

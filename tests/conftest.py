@@ -70,6 +70,13 @@ def s3_client(keys: Path) -> Any:
     )
 
 
+def mlflow_admin(keys: Path) -> dict[str, str]:
+    """The environment with which MLflow's client signs in as the stack's admin."""
+    password = keys / "secrets" / "mlflow_admin_password"
+    return {"MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": password.read_text().split()[0] if password.is_file() else ""}
+
+
 def write_vars(path: Path, values: dict[str, object]) -> str:
     path.write_text(json.dumps(values))
     return f"@{path}"
@@ -120,7 +127,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
     keys = work / "keys"
     # The smallest rgw store: backups and restores read its whole BlueStore file.
     settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE,
-                "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"), **PORTS}
+                "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
+                # A user of the inventory, with a generated password: may log runs in one experiment.
+                "mlflow_users": [{"name": "alice", "permissions": {"notebooks-s3": "EDIT"}}], **PORTS}
     extra = write_vars(work / "vars.json", settings)
     # The test prefix belongs to the tests: containers and volumes left by an interrupted
     # earlier run (with other generated credentials) are removed first.
@@ -129,8 +138,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
     up = aie("up", "-e", extra)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        # The tests' own MLflow clients sign in as the admin (the containers as their accounts).
+        os.environ.update(mlflow_admin(keys))
         yield {"extra": extra, "keys": keys, "first_up": up, "backups": work / "backups"}
     finally:
+        for name in mlflow_admin(keys):
+            os.environ.pop(name, None)
         down = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
         assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
         assert containers(PREFIX) == []

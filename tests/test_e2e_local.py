@@ -6,10 +6,13 @@ alone), logs runs from inside the JupyterLab container and checks where everythi
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +98,67 @@ def test_mlflow_returns_the_runs_and_metrics(logged: dict[str, Any]) -> None:
         assert run_data.data.metrics["loss"] == pytest.approx(1 / 3)
 
 
+def mlflow_call(path: str, account: tuple[str, str] | None, body: dict[str, Any] | None = None) -> int:
+    """HTTP status of one MLflow REST call, signed in as account (name, password) or not at all."""
+    headers = {"Content-Type": "application/json"}
+    if account is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(account).encode()).decode()
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{PORTS['aie_mlflow_port']}{path}", data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_mlflow_answers_only_its_accounts(stack: dict[str, Any], logged: dict[str, Any]) -> None:
+    secrets: Path = stack["keys"] / "secrets"
+    password = {name: (secrets / f"mlflow_{name}_password").read_text().split()[0]
+                for name in ("admin", "jupyterlab", "serving")}
+    alice = ("alice", (secrets / "mlflow_users" / "alice").read_text().split()[0])
+    search = "/api/2.0/mlflow/experiments/search?max_results=10"
+    ids = {name: MlflowClient(tracking_uri=f"http://127.0.0.1:{PORTS['aie_mlflow_port']}")
+           .get_experiment_by_name(name).experiment_id for name in ("notebooks-sftp", "notebooks-s3")}
+    answers = {
+        # Health stays open (probes), everything else asks who is calling.
+        "health, no credentials": mlflow_call("/health", None),
+        "search, no credentials": mlflow_call(search, None),
+        "search, admin with a wrong password": mlflow_call(search, ("admin", password["admin"][:-1] + "x")),
+        "search, serving": mlflow_call(search, ("serving", password["serving"])),
+        "new run, serving": mlflow_call("/api/2.0/mlflow/runs/create", ("serving", password["serving"]),
+                                        {"experiment_id": ids["notebooks-s3"]}),
+        "new account, jupyterlab": mlflow_call("/api/2.0/mlflow/users/create", ("jupyterlab", password["jupyterlab"]),
+                                               {"username": "mallory", "password": "M" * 20}),
+        "new run in notebooks-s3, alice": mlflow_call("/api/2.0/mlflow/runs/create", alice,
+                                                      {"experiment_id": ids["notebooks-s3"]}),
+        "new run in notebooks-sftp, alice": mlflow_call("/api/2.0/mlflow/runs/create", alice,
+                                                        {"experiment_id": ids["notebooks-sftp"]}),
+    }
+    assert answers == {
+        "health, no credentials": 200,
+        "search, no credentials": 401,
+        "search, admin with a wrong password": 401,
+        "search, serving": 200,
+        "new run, serving": 403,
+        "new account, jupyterlab": 403,
+        "new run in notebooks-s3, alice": 200,
+        "new run in notebooks-sftp, alice": 403,
+    }
+
+
 def test_status_reports_every_service_healthy(stack: dict[str, Any]) -> None:
     status = aie("status", "-e", stack["extra"], timeout=300)
     assert status.returncode == 0, status.stdout + status.stderr
     for service, port in (("mlflow", 15500), ("sftp", 12222), ("s3", 19000), ("jupyterlab", 18888)):
         assert re.search(rf"^{service}\s+healthy\s+\S+:{port}", status.stdout, re.M), status.stdout
-    token = (stack["keys"] / "secrets" / "jupyterlab_token").read_text().split()[0]
-    assert token not in stack["first_up"].stdout + stack["first_up"].stderr
+    secrets: Path = stack["keys"] / "secrets"
+    assert f"MLflow admin password: in {secrets / 'mlflow_admin_password'}" in status.stdout
+    # `aie status` shows the JupyterLab token (to open it), and no other secret.
+    for name in ("jupyterlab_token", "mlflow_admin_password", "mlflow_jupyterlab_password", "mlflow_secret_key"):
+        secret = (secrets / name).read_text().split()[0]
+        shown = stack["first_up"].stdout + stack["first_up"].stderr + (status.stdout if "mlflow" in name else "")
+        assert secret not in shown, name
 
 
 def test_second_up_changes_nothing(stack: dict[str, Any], logged: dict[str, Any]) -> None:

@@ -3,12 +3,19 @@ run and model in MLflow, load the registered version, serve it, and look at the 
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import http.server
 import json
 import os
 import re
 import shutil
+import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,16 +234,64 @@ def browse(url: str, screenshot: str) -> str:
     return dom.stdout
 
 
+@contextlib.contextmanager
+def signed_in(upstream: str, username: str, password: str) -> Iterator[str]:
+    """A local HTTP proxy to upstream that signs every request in with basic auth: what a browser
+    does once its user has answered the sign-in prompt. Headless Chromium cannot answer that
+    prompt, and the MLflow UI's own requests refuse a URL holding credentials."""
+    token = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def forward(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            headers = {name: value for name, value in self.headers.items()
+                       if name.lower() in ("content-type", "accept")}
+            request = urllib.request.Request(upstream + self.path, data=self.rfile.read(length) if length else None,
+                                             method=self.command, headers={**headers, "Authorization": token})
+            try:
+                answer = urllib.request.urlopen(request, timeout=60)
+            except urllib.error.HTTPError as error:
+                answer = error
+            with answer:
+                body = answer.read()
+                self.send_response(answer.status)
+                for name in ("Content-Type", "Cache-Control"):
+                    if answer.headers.get(name):
+                        self.send_header(name, answer.headers[name])
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = forward
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_the_mlflow_ui_shows_the_experiment_and_the_run(
-    trained: dict[str, dict[str, Any]], client: MlflowClient
+    stack: dict[str, Any], trained: dict[str, dict[str, Any]], client: MlflowClient
 ) -> None:
     result = trained["notebooks-s3"]
     experiment_id = client.get_run(result["run_id"]).info.experiment_id
     run_name = client.get_run(result["run_id"]).info.run_name
-    dom = browse(f"{MLFLOW}/#/experiments/{experiment_id}/runs/{result['run_id']}", "mlflow-run.png")
-    assert run_name in dom
-    dom = browse(f"{MLFLOW}/#/experiments/{experiment_id}", "mlflow-experiment.png")
-    assert "notebooks-s3" in dom
+    # Not signed in, the UI is not even sent.
+    dom = browse(f"{MLFLOW}/#/experiments/{experiment_id}", "mlflow-not-signed-in.png")
+    assert "not authenticated" in dom and "notebooks-s3" not in dom
+    password = (stack["keys"] / "secrets" / "mlflow_admin_password").read_text().split()[0]
+    with signed_in(MLFLOW, "admin", password) as ui:
+        dom = browse(f"{ui}/#/experiments/{experiment_id}/runs/{result['run_id']}", "mlflow-run.png")
+        assert run_name in dom
+        dom = browse(f"{ui}/#/experiments/{experiment_id}", "mlflow-experiment.png")
+        assert "notebooks-s3" in dom
 
 
 def test_jupyterlab_opens_with_its_token(stack: dict[str, Any], trained: dict[str, dict[str, Any]]) -> None:

@@ -1,0 +1,189 @@
+"""Bring an MLflow tracking server (with its basic-auth app on) to the experiments and accounts
+it should have: create what is missing, correct what differs, report what changed.
+
+The mlflow role runs it in the server's container (``python -m aie.mlflow_setup``, settings
+on stdin). It uses the standard library only: importing mlflow for its AuthServiceClient takes
+about 3 s on every ``aie up``, for the same handful of documented REST calls made here.
+
+    echo '{"url": ..., "admin": {"username": ..., "password": ...},
+           "experiments": [{"name": ..., "artifact_location": ...}],
+           "accounts": [{"username": ..., "password": ..., "admin": false,
+                         "permissions": {"<experiment>": "EDIT"}}],
+           "check": false}' | python -m aie.mlflow_setup
+
+The settings come on stdin because they hold passwords: a command line or an environment
+given through a shell can be read by other users of the host. Prints one JSON object,
+``{"changed": [...]}``, one line per change (made, or in check mode to be made); on an error,
+prints one line naming the culprit to stderr and exits 1. Passwords are never printed.
+Accounts not listed are left alone (admins may add users in the UI).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+
+
+class SetupError(Exception):
+    """What stopped the set-up, in one line."""
+
+
+class Server:
+    """MLflow's REST API at url, as one user."""
+
+    def __init__(self, url: str, username: str, password: str) -> None:
+        self.url = url.rstrip("/")
+        self.username = username
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             query: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON answer) of one call; only a server that cannot be reached raises."""
+        url = f"{self.url}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method, headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - the url is MLflow's
+                return answer.status, json.loads(answer.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            text = error.read().decode(errors="replace")
+            try:
+                return error.code, json.loads(text)
+            except ValueError:
+                return error.code, {"message": text.strip()}
+        except (urllib.error.URLError, OSError) as error:
+            raise SetupError(f"MLflow does not answer at {self.url}: {error}") from None
+
+    def expect(self, method: str, path: str, body: dict[str, Any] | None = None,
+               query: dict[str, str] | None = None) -> dict[str, Any]:
+        status, answer = self.call(method, path, body, query)
+        if status != 200:
+            raise SetupError(f"MLflow refused {method} {path} as {self.username}: {status} {message(answer)}")
+        return answer
+
+
+def message(answer: dict[str, Any]) -> str:
+    return str(answer.get("message") or answer.get("error_code") or answer)[:300]
+
+
+def experiment_ids(admin: Server, experiments: list[dict[str, Any]], check: bool, changed: list[str]) -> dict[str, str]:
+    """Create the missing experiments; refuse one that exists with another artifact location
+    (MLflow cannot move it). Returns name -> id (a placeholder for one to be created in check mode)."""
+    ids: dict[str, str] = {}
+    for experiment in experiments:
+        name, location = experiment["name"], experiment["artifact_location"]
+        status, found = admin.call("GET", "/api/2.0/mlflow/experiments/get-by-name", query={"experiment_name": name})
+        if status == 200:
+            existing = found["experiment"]
+            if existing["artifact_location"] != location or existing["lifecycle_stage"] != "active":
+                raise SetupError(
+                    f"Experiment {name} already exists with artifact location {existing['artifact_location']} "
+                    f"({existing['lifecycle_stage']}); MLflow cannot move it to {location}. "
+                    "Rename it in mlflow_experiments or restore/rename it in MLflow.")
+            ids[name] = existing["experiment_id"]
+        elif status == 404:
+            changed.append(f"experiment {name} created")
+            ids[name] = "" if check else admin.expect(
+                "POST", "/api/2.0/mlflow/experiments/create", {"name": name, "artifact_location": location}
+            )["experiment_id"]
+        else:
+            raise SetupError(f"MLflow refused to look up experiment {name}: {status} {message(found)}")
+    return ids
+
+
+def account(admin: Server, wanted: dict[str, Any], check: bool, changed: list[str]) -> bool:
+    """Create the account or correct its password and admin flag. Returns whether it exists now."""
+    name, password, is_admin = wanted["username"], wanted["password"], bool(wanted.get("admin", False))
+    status, found = Server(admin.url, name, password).call("GET", "/api/2.0/mlflow/users/get", query={"username": name})
+    if status != 200:
+        # A wrong password and an unknown user both answer 401: the admin tells them apart.
+        status, found = admin.call("GET", "/api/2.0/mlflow/users/get", query={"username": name})
+        if status == 404:
+            changed.append(f"account {name} created")
+            if check:
+                if is_admin:
+                    changed.append(f"account {name} made admin")
+                return False
+            found = admin.expect("POST", "/api/2.0/mlflow/users/create", {"username": name, "password": password})
+        elif status == 200:
+            changed.append(f"password of account {name} updated")
+            if not check:
+                admin.expect("PATCH", "/api/2.0/mlflow/users/update-password", {"username": name, "password": password})
+        else:
+            raise SetupError(f"MLflow refused to look up account {name}: {status} {message(found)}")
+    if bool(found["user"].get("is_admin")) != is_admin:
+        changed.append(f"account {name} {'made' if is_admin else 'no longer'} admin")
+        if not check:
+            admin.expect("PATCH", "/api/2.0/mlflow/users/update-admin", {"username": name, "is_admin": is_admin})
+    return True
+
+
+def permissions(admin: Server, wanted: dict[str, Any], ids: dict[str, str], exists: bool, check: bool,
+                changed: list[str]) -> None:
+    """Grant the account its permission on each experiment it lists, where it differs."""
+    name = wanted["username"]
+    for experiment, permission in sorted(wanted.get("permissions", {}).items()):
+        if experiment not in ids:
+            raise SetupError(f"mlflow_users: {name} is given {permission} on experiment {experiment}, "
+                             "which mlflow_experiments does not list")
+        if permission not in PERMISSIONS:
+            raise SetupError(f"mlflow_users: {name} is given {permission} on {experiment}; "
+                             f"choose one of {', '.join(PERMISSIONS)}")
+        target = {"username": name, "resource_type": "experiment", "resource_id": ids[experiment]}
+        if exists and ids[experiment]:
+            have = admin.expect("GET", "/api/3.0/mlflow/users/permissions/get", query=target)["permission"]
+            if have == permission:
+                continue
+        changed.append(f"{name} given {permission} on experiment {experiment}")
+        if check:
+            continue
+        # A grant is refused where one exists: the one there (if any) is revoked first.
+        status, answer = admin.call("POST", "/api/3.0/mlflow/users/permissions/revoke", target)
+        if status not in (200, 404):
+            raise SetupError(f"MLflow refused to revoke {name}'s permission on {experiment}: "
+                             f"{status} {message(answer)}")
+        admin.expect("POST", "/api/3.0/mlflow/users/permissions/grant", {**target, "permission": permission})
+
+
+def setup(settings: dict[str, Any]) -> list[str]:
+    check = bool(settings.get("check", False))
+    admin = Server(settings["url"], settings["admin"]["username"], settings["admin"]["password"])
+    status, answer = admin.call("GET", "/api/2.0/mlflow/users/get", query={"username": admin.username})
+    if status != 200 or not answer["user"].get("is_admin"):
+        raise SetupError(
+            f"MLflow does not accept the admin account {admin.username} with the configured password "
+            f"({status} {message(answer)}): the server keeps the password it was first given. "
+            "Set aie_mlflow_admin_password to it, or see the README on rotating it.")
+    changed: list[str] = []
+    ids = experiment_ids(admin, settings.get("experiments", []), check, changed)
+    for wanted in settings.get("accounts", []):
+        exists = account(admin, wanted, check, changed)
+        permissions(admin, wanted, ids, exists, check, changed)
+    return changed
+
+
+def main() -> int:
+    try:
+        settings = json.loads(sys.stdin.read())
+    except ValueError as error:
+        print(f"the settings on stdin are not JSON: {error}", file=sys.stderr)
+        return 1
+    try:
+        changed = setup(settings)
+    except SetupError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(json.dumps({"changed": changed}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
