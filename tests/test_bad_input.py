@@ -40,17 +40,33 @@ def held_port() -> Iterator[int]:
 
 
 @pytest.mark.parametrize(
-    "variable", ["aie_s3_access_key", "aie_s3_secret_key", "aie_jupyterlab_token", "aie_backup_password"]
+    "variable", ["aie_s3_access_key", "aie_s3_secret_key", "aie_jupyterlab_token", "aie_backup_password",
+                 "aie_mlflow_admin_password"]
 )
 def test_empty_credentials_are_refused(tmp_path: Path, variable: str) -> None:
     output = deploy(tmp_path, **{variable: ""})
     assert f"{variable} is empty" in output
 
 
-@pytest.mark.parametrize("value", ["minioadmin", "changeme"])
-def test_well_known_credentials_are_refused(tmp_path: Path, value: str) -> None:
-    output = deploy(tmp_path, aie_s3_secret_key=value)
-    assert "aie_s3_secret_key is empty, shorter than 16 characters or a well-known default" in output
+@pytest.mark.parametrize(("variable", "value"), [("aie_s3_secret_key", "minioadmin"), ("aie_s3_secret_key", "changeme"),
+                                                  ("aie_mlflow_admin_password", "password1234")])
+def test_well_known_credentials_are_refused(tmp_path: Path, variable: str, value: str) -> None:
+    output = deploy(tmp_path, **{variable: value})
+    assert f"{variable} is empty, shorter than 16 characters or a well-known default" in output
+
+
+@pytest.mark.parametrize("user", [
+    {"name": "alice", "password": "short-one"},
+    {"name": "alice", "password": "password1234"},
+    {"name": "serving"},
+    {"name": "alice", "permissions": {"no-such-experiment": "EDIT"}},
+    {"name": "alice", "permissions": {"notebooks-s3": "WRITE"}},
+], ids=["short password", "well-known password", "name of a client account", "unknown experiment",
+        "unknown permission"])
+def test_a_bad_mlflow_user_is_refused(tmp_path: Path, user: dict[str, object]) -> None:
+    output = deploy(tmp_path, mlflow_users=[user])
+    assert "mlflow_users: each user needs a unique name other than admin, jupyterlab, serving" in output
+    assert "short-one" not in output
 
 
 def test_unknown_engine_is_refused(tmp_path: Path) -> None:
