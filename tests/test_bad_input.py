@@ -84,6 +84,11 @@ def test_an_engine_whose_image_cannot_be_had_is_refused_at_once(tmp_path: Path, 
     assert "set minio_engine: rgw" in output
 
 
+def test_a_bad_memory_limit_is_refused(tmp_path: Path) -> None:
+    output = deploy(tmp_path, aie_jupyterlab_memory="8 GB")
+    assert "The memory limit of jupyterlab is not a number with b, k, m or g" in output
+
+
 def test_two_services_on_one_port_are_refused(tmp_path: Path) -> None:
     output = deploy(tmp_path, aie_sftp_port=5500)
     assert "would publish port(s) 5500 for more than one service" in output

@@ -147,6 +147,39 @@ def test_mlflow_answers_only_its_accounts(stack: dict[str, Any], logged: dict[st
     }
 
 
+# Capabilities each container may hold (group_vars/all/services.yml, aie_container_security),
+# and the bit of each in /proc/<pid>/status.
+PYTHON_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"}
+SSHD_CAPS = PYTHON_CAPS | {"SYS_CHROOT", "NET_BIND_SERVICE", "KILL"}
+CONFINED = {"mlflow": PYTHON_CAPS, "jupyterlab": PYTHON_CAPS, "sftp": SSHD_CAPS, "minio": PYTHON_CAPS,
+            "backup": PYTHON_CAPS | {"DAC_READ_SEARCH", "FSETID"}}
+CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
+            "SETUID": 7, "NET_BIND_SERVICE": 10, "SYS_CHROOT": 18}
+
+
+def test_every_container_is_confined(stack: dict[str, Any]) -> None:
+    for service, allowed in CONFINED.items():
+        name = f"{PREFIX}-{service}"
+        host = json.loads(run(["docker", "inspect", "--format", "{{json .HostConfig}}", name]).stdout)
+        assert host["CapDrop"] == ["ALL"], name
+        assert {cap.removeprefix("CAP_") for cap in host["CapAdd"]} == allowed, name
+        assert "no-new-privileges" in host["SecurityOpt"], name
+        assert host["Memory"] > 0, name
+        # What every process of the container holds, whatever it does at run time.
+        states = run(["docker", "exec", name, "sh", "-c", "cat /proc/[0-9]*/status"]).stdout
+        mask = sum(1 << CAP_BITS[cap] for cap in allowed)
+        held = [int(line.split()[1], 16) for line in states.splitlines() if line.startswith("CapEff:")]
+        assert held and all(caps & ~mask == 0 for caps in held), (name, [hex(caps) for caps in held])
+    # The S3 server's daemons run as ceph, with no capability at all.
+    states = run(["docker", "exec", f"{PREFIX}-minio", "sh", "-c",
+                  "for p in /proc/[0-9]*; do echo $(tr '\\0' ' ' < $p/cmdline | cut -d' ' -f1)"
+                  " $(awk '/^(Uid|CapEff)/{print $2}' $p/status); done"])
+    daemons = {line.split()[0]: line.split()[1:] for line in states.stdout.splitlines()
+               if line.startswith(("ceph-mon", "ceph-osd", "radosgw"))}
+    assert sorted(daemons) == ["ceph-mon", "ceph-osd", "radosgw"], states.stdout
+    assert all(uid != "0" and caps == "0000000000000000" for uid, caps in daemons.values()), daemons
+
+
 def test_status_reports_every_service_healthy(stack: dict[str, Any]) -> None:
     status = aie("status", "-e", stack["extra"], timeout=300)
     assert status.returncode == 0, status.stdout + status.stderr
