@@ -4,11 +4,14 @@ An S3 server computes an object's ETag when it is written: the MD5 of the conten
 single PUT, and for a multipart upload the MD5 of the parts' MD5s followed by ``-<parts>``.
 Reading every object back and recomputing it shows what the server now returns differs from
 what it was given (the former rgw engine returned the last part repeated for every
-multipart object). Runs the same on the controller or on the S3 host (Ansible's ``script``),
-needing only boto3: it imports nothing from aie.
+multipart object). Runs the same on the controller or on the S3 host (copied there by
+playbooks/s3_check.yml), needing only boto3: it imports nothing from aie.
 
     python3 s3_check.py BUCKET [BUCKET ...]   (endpoint and keys from AIE_S3_ENDPOINT,
                                                AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
+    python3 s3_check.py --settings-on-stdin BUCKET ...   (the same variables as a JSON object
+                                               on stdin: never on a command line, where other
+                                               users of the host could read the keys)
 
 Prints one JSON object: counts, the corrupt objects, and the runs they belong to.
 """
@@ -109,6 +112,9 @@ def owner(key: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--settings-on-stdin"]:
+        os.environ.update({str(name): str(value) for name, value in json.loads(sys.stdin.read()).items()})
+        argv = argv[1:]
     s3 = boto3.client(
         "s3", endpoint_url=os.environ.get("AIE_S3_ENDPOINT") or None,
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
