@@ -170,6 +170,14 @@ def test_every_container_is_confined(stack: dict[str, Any]) -> None:
         mask = sum(1 << CAP_BITS[cap] for cap in allowed)
         held = [int(line.split()[1], 16) for line in states.splitlines() if line.startswith("CapEff:")]
         assert held and all(caps & ~mask == 0 for caps in held), (name, [hex(caps) for caps in held])
+    # MLflow runs as a user of its own, with no capability left; only tini (PID 1) stays root.
+    states = run(["docker", "exec", f"{PREFIX}-mlflow", "sh", "-c",
+                  "for p in /proc/[0-9]*; do echo ${p#/proc/} $(awk '/^(Uid|CapEff)/{print $2}' $p/status); done"])
+    server = [line.split() for line in states.stdout.splitlines() if line.split()[0] != "1"]
+    # (The sh of this docker exec and its awk are root: they are left out by their parent's uid.)
+    users = {uid for _, uid, caps in server if uid != "0"}
+    assert users == {"10001"}, states.stdout
+    assert all(caps == "0000000000000000" for _, uid, caps in server if uid == "10001"), states.stdout
     # The S3 server's daemons run as ceph, with no capability at all.
     states = run(["docker", "exec", f"{PREFIX}-minio", "sh", "-c",
                   "for p in /proc/[0-9]*; do echo $(tr '\\0' ' ' < $p/cmdline | cut -d' ' -f1)"

@@ -1,13 +1,21 @@
 #!/bin/sh
-# Starts as root: installs the ssh material from /etc/aie/ssh (mounted read-only) into the
-# home of the user the service runs as, then drops to that user. The user is the owner of
-# $AIE_RUN_AS_OWNER_OF when set (so notebooks keep their owner on the host), else root.
+# Starts as root to prepare what the service's user needs, then drops to that user:
+# - the config mounted read-only from the controller at /etc/aie.host is copied to /etc/aie,
+#   owned by the user and private to it (the folder on the host is root's, mode 0700);
+# - the ssh material from /etc/aie/ssh goes to the user's home;
+# - the data folders named in $AIE_OWNED (space-separated) are handed to the user, so that
+#   data written by an earlier root-run server (or restored from its backups) stays writable.
+# The user is the owner of $AIE_RUN_AS_OWNER_OF when set (so notebooks keep their owner on the
+# host), else $AIE_RUN_AS (uid:gid), else root.
 set -eu
 uid=0
 gid=0
 if [ -n "${AIE_RUN_AS_OWNER_OF:-}" ]; then
     uid=$(stat -c %u "$AIE_RUN_AS_OWNER_OF")
     gid=$(stat -c %g "$AIE_RUN_AS_OWNER_OF")
+elif [ -n "${AIE_RUN_AS:-}" ]; then
+    uid=${AIE_RUN_AS%%:*}
+    gid=${AIE_RUN_AS##*:}
 fi
 if [ "$uid" = 0 ]; then
     HOME=/root
@@ -16,12 +24,21 @@ else
     install -d -o "$uid" -g "$gid" -m 0755 "$HOME"
 fi
 export HOME
+if [ -d /etc/aie.host ]; then
+    rm -rf /etc/aie
+    cp -R /etc/aie.host /etc/aie
+    chown -R "$uid:$gid" /etc/aie
+    chmod -R go-rwx /etc/aie
+fi
 if [ -d /etc/aie/ssh ]; then
     install -d -o "$uid" -g "$gid" -m 0700 "$HOME/.ssh"
     for file in /etc/aie/ssh/*; do
         install -o "$uid" -g "$gid" -m 0600 "$file" "$HOME/.ssh/"
     done
 fi
+for folder in ${AIE_OWNED:-}; do
+    find "$folder" ! -user "$uid" -exec chown -h "$uid:$gid" {} +
+done
 if [ "$uid" = 0 ]; then
     exec "$@"
 fi
