@@ -234,6 +234,11 @@ def browse(url: str, screenshot: str) -> str:
     return dom.stdout
 
 
+# Headers of one hop of HTTP, which a proxy does not pass on (and the ones it sets itself).
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
+       "proxy-authenticate", "host", "content-length", "authorization", "server", "date"}
+
+
 @contextlib.contextmanager
 def signed_in(upstream: str, username: str, password: str) -> Iterator[str]:
     """A local HTTP proxy to upstream that signs every request in with basic auth: what a browser
@@ -244,8 +249,9 @@ def signed_in(upstream: str, username: str, password: str) -> Iterator[str]:
     class Forward(http.server.BaseHTTPRequestHandler):
         def forward(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            headers = {name: value for name, value in self.headers.items()
-                       if name.lower() in ("content-type", "accept")}
+            # Every header goes both ways (the UI's session cookie and CSRF token among them),
+            # but those of this hop.
+            headers = {name: value for name, value in self.headers.items() if name.lower() not in HOP}
             request = urllib.request.Request(upstream + self.path, data=self.rfile.read(length) if length else None,
                                              method=self.command, headers={**headers, "Authorization": token})
             try:
@@ -255,9 +261,9 @@ def signed_in(upstream: str, username: str, password: str) -> Iterator[str]:
             with answer:
                 body = answer.read()
                 self.send_response(answer.status)
-                for name in ("Content-Type", "Cache-Control"):
-                    if answer.headers.get(name):
-                        self.send_header(name, answer.headers[name])
+                for name, value in answer.headers.items():
+                    if name.lower() not in HOP:
+                        self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
