@@ -22,6 +22,11 @@ if [ "$uid" = 0 ]; then
 else
     HOME=/home/aie
     install -d -o "$uid" -g "$gid" -m 0755 "$HOME"
+    # The image lists no name for this uid: programs that ask who they run as (getpass, as
+    # paramiko does to read an ssh config) find it here.
+    USER=aie
+    LOGNAME=aie
+    export USER LOGNAME
 fi
 export HOME
 if [ -d /etc/aie.host ]; then
