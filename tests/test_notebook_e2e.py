@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import http.server
 import json
 import os
@@ -254,10 +255,18 @@ def signed_in(upstream: str, username: str, password: str) -> Iterator[str]:
             headers = {name: value for name, value in self.headers.items() if name.lower() not in HOP}
             request = urllib.request.Request(upstream + self.path, data=self.rfile.read(length) if length else None,
                                              method=self.command, headers={**headers, "Authorization": token})
-            try:
-                answer = urllib.request.urlopen(request, timeout=60)
-            except urllib.error.HTTPError as error:
-                answer = error
+            for attempt in range(3):
+                try:
+                    answer = urllib.request.urlopen(request, timeout=60)
+                    break
+                except urllib.error.HTTPError as error:
+                    answer = error
+                    break
+                except (http.client.HTTPException, OSError):
+                    # The server may close a connection it was handed at the same moment
+                    # (RemoteDisconnected): the browser would try again, and so does this.
+                    if attempt == 2:
+                        raise
             with answer:
                 body = answer.read()
                 self.send_response(answer.status)
