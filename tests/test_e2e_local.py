@@ -149,10 +149,10 @@ def test_mlflow_answers_only_its_accounts(stack: dict[str, Any], logged: dict[st
 
 # Capabilities each container may hold (group_vars/all/services.yml, aie_container_security),
 # and the bit of each in /proc/<pid>/status.
-PYTHON_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"}
-SSHD_CAPS = PYTHON_CAPS | {"SYS_CHROOT", "NET_BIND_SERVICE", "KILL"}
+PYTHON_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"}
+SSHD_CAPS = PYTHON_CAPS | {"SYS_CHROOT", "NET_BIND_SERVICE"}
 CONFINED = {"mlflow": PYTHON_CAPS, "jupyterlab": PYTHON_CAPS, "sftp": SSHD_CAPS, "minio": PYTHON_CAPS,
-            "backup": PYTHON_CAPS | {"DAC_READ_SEARCH", "FSETID"}}
+            "backup": PYTHON_CAPS - {"KILL"} | {"DAC_READ_SEARCH", "FSETID"}}
 CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
             "SETUID": 7, "NET_BIND_SERVICE": 10, "SYS_CHROOT": 18}
 
