@@ -235,9 +235,10 @@ def browse(url: str, screenshot: str) -> str:
     return dom.stdout
 
 
-# Headers of one hop of HTTP, which a proxy does not pass on (and the ones it sets itself).
+# Headers of one hop of HTTP, which a proxy does not pass on, the ones it sets itself, and
+# Accept-Encoding (answers come unencoded, read whole).
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
-       "proxy-authenticate", "host", "content-length", "authorization", "server", "date"}
+       "proxy-authenticate", "host", "content-length", "authorization", "server", "date", "accept-encoding"}
 
 
 @contextlib.contextmanager
@@ -258,17 +259,23 @@ def signed_in(upstream: str, username: str, password: str) -> Iterator[str]:
             for attempt in range(3):
                 try:
                     answer = urllib.request.urlopen(request, timeout=60)
-                    break
                 except urllib.error.HTTPError as error:
                     answer = error
-                    break
                 except (http.client.HTTPException, OSError):
                     # The server may close a connection it was handed at the same moment
                     # (RemoteDisconnected): the browser would try again, and so does this.
                     if attempt == 2:
                         raise
+                    continue
+                try:
+                    body = answer.read()
+                    break
+                except (http.client.HTTPException, OSError):
+                    # Or close it in the middle of a large answer (IncompleteRead).
+                    answer.close()
+                    if attempt == 2:
+                        raise
             with answer:
-                body = answer.read()
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
                     if name.lower() not in HOP:
