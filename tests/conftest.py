@@ -70,6 +70,26 @@ def s3_client(keys: Path) -> Any:
     )
 
 
+def http_status(url: str, account: tuple[str, str] | None = None, body: dict[str, Any] | None = None) -> int:
+    """HTTP status of one call (a POST of body as JSON when given), signed in with basic auth as
+    account (name, password) or not at all; 0 when nothing answers."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if account is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(account).encode()).decode()
+    data = json.dumps(body).encode() if body is not None else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=30) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return 0
+
+
 def mlflow_admin(keys: Path) -> dict[str, str]:
     """The environment with which MLflow's client signs in as the stack's admin."""
     password = keys / "secrets" / "mlflow_admin_password"

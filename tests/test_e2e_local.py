@@ -6,20 +6,17 @@ alone), logs runs from inside the JupyterLab container and checks where everythi
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ENGINE, PORTS, PREFIX, aie, containers, jupyter_exec, run, s3_client, write_vars
+from conftest import ENGINE, PORTS, PREFIX, aie, containers, http_status, jupyter_exec, run, s3_client, write_vars
 
 LOG_RUNS = r"""
 import hashlib, json, os, tempfile
@@ -99,17 +96,8 @@ def test_mlflow_returns_the_runs_and_metrics(logged: dict[str, Any]) -> None:
 
 
 def mlflow_call(path: str, account: tuple[str, str] | None, body: dict[str, Any] | None = None) -> int:
-    """HTTP status of one MLflow REST call, signed in as account (name, password) or not at all."""
-    headers = {"Content-Type": "application/json"}
-    if account is not None:
-        headers["Authorization"] = "Basic " + base64.b64encode(":".join(account).encode()).decode()
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://127.0.0.1:{PORTS['aie_mlflow_port']}{path}", data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
+    """HTTP status of one call to the stack's MLflow, signed in as account or not at all."""
+    return http_status(f"http://127.0.0.1:{PORTS['aie_mlflow_port']}{path}", account, body)
 
 
 def test_mlflow_answers_only_its_accounts(stack: dict[str, Any], logged: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import BIN, PROJECT
+from conftest import BIN, PROJECT, http_status
 
 pytestmark = pytest.mark.slow
 ADMIN = ("admin", "the-admin-password-0123456789")
@@ -49,7 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
-            if status(url + "/health", None) == 200:
+            if http_status(url + "/health", None) == 200:
                 break
             assert process.poll() is None, (work / "server.log").read_text()[-3000:]
             time.sleep(0.5)
@@ -60,20 +60,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.terminate()
         process.wait(timeout=30)
         log.close()
-
-
-def status(url: str, account: tuple[str, str] | None, body: dict[str, Any] | None = None) -> int:
-    headers = {"Content-Type": "application/json"}
-    if account:
-        headers["Authorization"] = "Basic " + base64.b64encode(":".join(account).encode()).decode()
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body else None, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except OSError:
-        return 0
 
 
 def setup(url: str, check: bool = False, admin: tuple[str, str] = ADMIN,
@@ -104,7 +90,7 @@ def test_setup_creates_once_and_reports_what_it_would_do_in_check_mode(server: s
                      "account boss created", "account boss made admin"]
     # Check mode changed nothing: the account does not exist yet.
     notebooks, boss = (CLIENT["username"], CLIENT["password"]), (BOSS["username"], BOSS["password"])
-    assert status(f"{server}/api/2.0/mlflow/users/get?username=notebooks", notebooks) == 401
+    assert http_status(f"{server}/api/2.0/mlflow/users/get?username=notebooks", notebooks) == 401
     assert changes(setup(server, **wanted)) == would
     assert changes(setup(server, **wanted)) == []
     assert changes(setup(server, check=True, **wanted)) == []
@@ -114,9 +100,10 @@ def test_setup_creates_once_and_reports_what_it_would_do_in_check_mode(server: s
         f"{server}/api/2.0/mlflow/experiments/get-by-name?experiment_name={e['name']}",
         headers={"Authorization": "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()}), timeout=30)
         .read())["experiment"]["experiment_id"] for e in EXPERIMENTS]
-    assert status(runs, notebooks, {"experiment_id": ids[0]}) == 200
-    assert status(f"{server}/api/2.0/mlflow/users/create", notebooks, {"username": "x", "password": "x" * 20}) == 403
-    assert status(f"{server}/api/2.0/mlflow/users/create", boss, {"username": "carol", "password": "c" * 20}) == 200
+    assert http_status(runs, notebooks, {"experiment_id": ids[0]}) == 200
+    create = f"{server}/api/2.0/mlflow/users/create"
+    assert http_status(create, notebooks, {"username": "x", "password": "x" * 20}) == 403
+    assert http_status(create, boss, {"username": "carol", "password": "c" * 20}) == 200
 
 
 def test_a_changed_password_or_permission_is_set_again(server: str) -> None:
@@ -126,8 +113,8 @@ def test_a_changed_password_or_permission_is_set_again(server: str) -> None:
                                                 "notebooks given READ on experiment team-b"]
     assert changes(setup(server, **wanted)) == []
     probe = f"{server}/api/2.0/mlflow/users/get?username=notebooks"
-    assert status(probe, ("notebooks", rotated["password"])) == 200
-    assert status(probe, ("notebooks", CLIENT["password"])) == 401
+    assert http_status(probe, ("notebooks", rotated["password"])) == 200
+    assert http_status(probe, ("notebooks", CLIENT["password"])) == 401
 
 
 def test_a_wrong_admin_password_is_refused_by_name(server: str) -> None:
