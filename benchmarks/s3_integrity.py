@@ -126,8 +126,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     secrets = args.keys_dir / "secrets"
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", (secrets / "s3_access_key").read_text().split()[0])
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", (secrets / "s3_secret_key").read_text().split()[0])
+    # The artifact clients' account, the one MLflow and the notebooks use.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", (secrets / "s3_client_access_key").read_text().split()[0])
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", (secrets / "s3_client_secret_key").read_text().split()[0])
     print(f"S3 server: {args.endpoint}, bucket {args.bucket}")
     integrity(args)
     throughput(args)

@@ -54,8 +54,9 @@ def containers(prefix: str) -> list[str]:
     return [name for name in out if name.startswith(f"{prefix}-")]
 
 
-def s3_client(keys: Path) -> Any:
-    """A boto3 client of the end-to-end stack's S3 server, with the generated keys and boto3's defaults."""
+def s3_client(keys: Path, account: str = "s3_client") -> Any:
+    """A boto3 client of the end-to-end stack's S3 server with boto3's defaults, signed in with the
+    generated keys of the artifact clients' account (s3_client) or of the server's own (s3)."""
     import boto3
     from botocore.config import Config
 
@@ -63,8 +64,8 @@ def s3_client(keys: Path) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=f"http://127.0.0.1:{PORTS['aie_s3_port']}",
-        aws_access_key_id=(secrets / "s3_access_key").read_text().split()[0],
-        aws_secret_access_key=(secrets / "s3_secret_key").read_text().split()[0],
+        aws_access_key_id=(secrets / f"{account}_access_key").read_text().split()[0],
+        aws_secret_access_key=(secrets / f"{account}_secret_key").read_text().split()[0],
         region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}),
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from mlflow.tracking import MlflowClient
 
 from conftest import ENGINE, PORTS, PREFIX, aie, containers, http_status, jupyter_exec, run, s3_client, write_vars
@@ -133,6 +134,54 @@ def test_mlflow_answers_only_its_accounts(stack: dict[str, Any], logged: dict[st
         "new run in notebooks-s3, alice": 200,
         "new run in notebooks-sftp, alice": 403,
     }
+
+
+def s3_answer(call: Any) -> str:
+    """'ok', or the S3 error code of the refusal."""
+    try:
+        call()
+    except ClientError as refused:
+        return str(refused.response["Error"]["Code"])
+    return "ok"
+
+
+def test_s3_client_account_reaches_only_the_artifact_bucket(stack: dict[str, Any], logged: dict[str, Any]) -> None:
+    server, client = s3_client(stack["keys"], "s3"), s3_client(stack["keys"])
+    other, mine = "aie-e2e-other", f"notebooks-s3/{logged['notebooks-s3']['run_id']}/artifacts/model/weights.bin"
+    server.create_bucket(Bucket=other)
+    server.put_object(Bucket=other, Key="private.bin", Body=b"private")
+    try:
+        answers = {
+            "read a logged artifact": s3_answer(lambda: client.head_object(Bucket="ai-models", Key=mine)),
+            "write an object": s3_answer(lambda: client.put_object(Bucket="ai-models", Key="client/probe", Body=b"x")),
+            "delete it": s3_answer(lambda: client.delete_object(Bucket="ai-models", Key="client/probe")),
+            "create a bucket": s3_answer(lambda: client.create_bucket(Bucket="aie-e2e-new")),
+            "delete the artifact bucket": s3_answer(lambda: client.delete_bucket(Bucket="ai-models")),
+            "change the bucket's policy": s3_answer(lambda: client.delete_bucket_policy(Bucket="ai-models")),
+            "list another bucket": s3_answer(lambda: client.list_objects_v2(Bucket=other)),
+            "read another bucket": s3_answer(lambda: client.get_object(Bucket=other, Key="private.bin")),
+            "write another bucket": s3_answer(lambda: client.put_object(Bucket=other, Key="x", Body=b"x")),
+        }
+    finally:
+        server.delete_object(Bucket=other, Key="private.bin")
+        server.delete_bucket(Bucket=other)
+    assert answers == {
+        "read a logged artifact": "ok",
+        "write an object": "ok",
+        "delete it": "ok",
+        "create a bucket": "AccessDenied",
+        "delete the artifact bucket": "AccessDenied",
+        "change the bucket's policy": "AccessDenied",
+        "list another bucket": "AccessDenied",
+        "read another bucket": "AccessDenied",
+        "write another bucket": "AccessDenied",
+    }
+    # The server's keys are in no client container; the client account's are.
+    secrets = stack["keys"] / "secrets"
+    server_key, client_key = ((secrets / f"{name}_access_key").read_text().split()[0] for name in ("s3", "s3_client"))
+    for service in ("mlflow", "jupyterlab"):
+        env = run(["docker", "inspect", "--format", "{{json .Config.Env}}", f"{PREFIX}-{service}"]).stdout
+        assert f"AWS_ACCESS_KEY_ID={client_key}" in env and server_key not in env, service
 
 
 # Capabilities each container may hold (group_vars/all/services.yml, aie_container_security),

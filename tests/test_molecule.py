@@ -33,6 +33,14 @@ def remove_engine_volumes(scenario: str) -> None:
         assert removed.returncode == 0, f"cannot remove the test hosts' engine volumes: {removed.stderr}"
 
 
+def failure_summary(output: str) -> str:
+    """What failed: each failed task's lines (Molecule's own tail is mostly the clean-up)."""
+    lines = output.splitlines()
+    failed = [i for i, line in enumerate(lines) if re.search(r"fatal: |failed: \[|aie: error:", line)]
+    shown = [lines[j] for i in failed[:5] for j in range(max(0, i - 3), min(len(lines), i + 12))]
+    return "\n".join(shown)[-8000:] + "\n...\n" + output[-2500:]
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_molecule_scenario(scenario: str, common_image: None) -> None:
     # The test hosts are built FROM the base image, and given the controller's images.
@@ -48,7 +56,7 @@ def test_molecule_scenario(scenario: str, common_image: None) -> None:
     output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
     (logs / f"molecule-{scenario}.log").write_text(output)
     print(f"molecule scenario {scenario}: {seconds:.0f} s")
-    assert result.returncode == 0, output[-6000:]
+    assert result.returncode == 0, failure_summary(output)
     # Check mode, idempotence (changed=0 on a second converge) and verify all ran and passed.
     for step in ("check", "idempotence", "verify"):
         assert f"{scenario} ➜ {step}: Executed: Successful" in output, step

@@ -20,15 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import numpy as np
 import pytest
-from botocore.config import Config
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from conftest import PORTS, PREFIX, PROJECT, aie, jupyter_exec, run
+from conftest import PORTS, PREFIX, PROJECT, aie, jupyter_exec, run, s3_client
 
 NOTEBOOK = "/home/aie/work/conv-net-in-keras.ipynb"
 MODEL = "conv-net-digits"
@@ -116,14 +114,7 @@ def test_model_files_are_in_the_experiments_store(
             names = set(listing.stdout.split())
         else:
             assert model.artifact_location == f"s3://ai-models/{prefix}"
-            secrets = stack["keys"] / "secrets"
-            s3 = boto3.client(
-                "s3", endpoint_url=f"http://127.0.0.1:{PORTS['aie_s3_port']}", region_name="us-east-1",
-                aws_access_key_id=(secrets / "s3_access_key").read_text().split()[0],
-                aws_secret_access_key=(secrets / "s3_secret_key").read_text().split()[0],
-                config=Config(s3={"addressing_style": "path"}),
-            )
-            objects = s3.list_objects_v2(Bucket="ai-models", Prefix=prefix + "/")["Contents"]
+            objects = s3_client(stack["keys"]).list_objects_v2(Bucket="ai-models", Prefix=prefix + "/")["Contents"]
             names = {obj["Key"][len(prefix) + 1:].split("/")[0] for obj in objects}
         assert {"MLmodel", "serving_input_example.json"} <= names, names
 

@@ -3,13 +3,16 @@
 #   first start   creates the cluster (fsid, cephx keys, monitor, one BlueStore OSD on a file),
 #                 then moves in the objects of a former dbstore deployment found on the volume;
 #   every start   writes ceph.conf, starts the monitor and the OSD, creates the S3 user once
-#                 (refusing other credentials than the user's), then serves S3 on port 9000.
+#                 (refusing other credentials than the user's), creates or re-keys the artifact
+#                 clients' user, then serves S3 on port 9000.
 # Any daemon that stops takes the container down with it, so Docker restarts the whole set.
 set -euo pipefail
 # Objects, keys and the monitor's store are for the ceph user alone.
 umask 027
 : "${S3_ACCESS_KEY:?S3_ACCESS_KEY is not set}"
 : "${S3_SECRET_KEY:?S3_SECRET_KEY is not set}"
+: "${S3_CLIENT_ACCESS_KEY:?S3_CLIENT_ACCESS_KEY is not set}"
+: "${S3_CLIENT_SECRET_KEY:?S3_CLIENT_SECRET_KEY is not set}"
 : "${S3_CAPACITY_GIB:=20}"
 DATA=/var/lib/aie-s3
 CEPH=$DATA/ceph
@@ -160,6 +163,29 @@ if user=$(timeout 120 radosgw-admin user info --uid=aie 2>/dev/null); then
 else
     timeout 120 radosgw-admin user create --uid=aie --display-name=aie \
         --access-key="$S3_ACCESS_KEY" --secret="$S3_SECRET_KEY" >/dev/null
+fi
+
+# The artifact clients' user (the buckets' policy, roles/minio/vars/main.yml, names it): it
+# may create no bucket (max-buckets -1) and holds exactly the keys it is given, so that new
+# keys in files/keys/secrets or Vault replace the old ones.
+CLIENT_UID=aie-client
+if client=$(timeout 120 radosgw-admin user info --uid=$CLIENT_UID 2>/dev/null); then
+    stale=$(python3 -c '
+import json, os, sys
+want = (os.environ["S3_CLIENT_ACCESS_KEY"], os.environ["S3_CLIENT_SECRET_KEY"])
+keys = [(k["access_key"], k["secret_key"]) for k in json.load(sys.stdin)["keys"]]
+print(" ".join(access for access, _ in keys) if keys != [want] else "")' <<<"$client")
+    if [ -n "$stale" ]; then
+        log "giving the S3 user $CLIENT_UID its new keys"
+        for access in $stale; do
+            timeout 120 radosgw-admin key rm --uid=$CLIENT_UID --key-type=s3 --access-key="$access" >/dev/null
+        done
+        timeout 120 radosgw-admin key create --uid=$CLIENT_UID --key-type=s3 \
+            --access-key="$S3_CLIENT_ACCESS_KEY" --secret-key="$S3_CLIENT_SECRET_KEY" >/dev/null
+    fi
+else
+    timeout 120 radosgw-admin user create --uid=$CLIENT_UID --display-name=$CLIENT_UID --max-buckets=-1 \
+        --access-key="$S3_CLIENT_ACCESS_KEY" --secret="$S3_CLIENT_SECRET_KEY" >/dev/null
 fi
 
 # Objects of the former dbstore engine are copied in before S3 answers on its port.
