@@ -69,6 +69,11 @@ def test_a_bad_mlflow_user_is_refused(tmp_path: Path, user: dict[str, object]) -
     assert "short-one" not in output
 
 
+def test_client_keys_equal_to_the_servers_are_refused(tmp_path: Path) -> None:
+    output = deploy(tmp_path, aie_s3_access_key="AIETESTSAMEKEY000001", aie_s3_client_access_key="AIETESTSAMEKEY000001")
+    assert "aie_s3_client_access_key is aie_s3_access_key" in output
+
+
 def test_unknown_engine_is_refused(tmp_path: Path) -> None:
     output = deploy(tmp_path, minio_engine="ceph")
     assert "minio_engine" in output and "ceph" in output
@@ -76,7 +81,7 @@ def test_unknown_engine_is_refused(tmp_path: Path) -> None:
 
 def test_an_engine_whose_image_cannot_be_had_is_refused_at_once(tmp_path: Path, docker_engine: None) -> None:
     engines = {"minio": {"image": "registry.invalid/aie/no-such-s3:1", "build": False, "command": [], "env": {},
-                         "data": "/data", "ceph": False}}
+                         "data": "/data", "client_account": "mc", "ceph": False}}
     started = time.perf_counter()
     output = deploy(tmp_path, minio_engine="minio", minio_engines=engines)
     print(f"refused in {time.perf_counter() - started:.1f} s")
