@@ -105,6 +105,9 @@ class _Progress:
         print(line, file=self.out, flush=True)
 
 
+_GENERIC_MESSAGES = ("Unknown error.", "non-zero return code")
+
+
 def _message(res: dict[str, Any]) -> str:
     """The most telling one-line message of a failed result."""
     if res.get("censored"):
@@ -115,10 +118,16 @@ def _message(res: dict[str, Any]) -> str:
         for item in results:
             if isinstance(item, dict) and item.get("failed"):
                 return _message(item)
-    for key in ("msg", "stderr", "module_stderr", "reason"):
+    # ansible-core says only "Unknown error." of a result that failed without a message of its
+    # own (a failed_when, or a changed_when that could not be evaluated), and the command module
+    # "non-zero return code": what the command wrote to stderr, or why the condition broke, says more.
+    keys = ["msg", "stderr", "module_stderr", "reason"]
+    if str(res.get("msg", "")).endswith(_GENERIC_MESSAGES):
+        keys = ["stderr", "module_stderr", "changed_when_result", "failed_when_result", "msg"]
+    for key in keys:
         value = res.get(key)
-        if value:
-            return " ".join(str(value).split())
+        if value and isinstance(value, str):
+            return " ".join(value.split())
     return "no message"
 
 

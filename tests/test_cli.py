@@ -125,6 +125,24 @@ def test_a_rescued_failure_is_not_the_one_reported(tmp_path: Path) -> None:
     assert result.failures == ["task 'Explain' failed on localhost: the real reason"]
 
 
+@pytest.mark.parametrize(("rc", "condition"), [
+    (0, "changed_when: (init.stdout | from_json).created"),  # ansible-core: "Unknown error."
+    (1, "changed_when: false"),  # the command module: "non-zero return code"
+])
+def test_a_failed_command_is_reported_with_what_it_said(tmp_path: Path, rc: int, condition: str) -> None:
+    (tmp_path / "ansible.cfg").write_text("[defaults]\n")
+    (tmp_path / "hosts.yml").write_text(
+        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+        "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
+    (tmp_path / "play.yml").write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        f"    - name: Init\n      ansible.builtin.command: sh -c 'echo wrong password >&2; exit {rc}'\n"
+        f"      register: init\n      {condition}\n")
+    result = run_playbook("play.yml", project_dir=tmp_path, inventory=tmp_path / "hosts.yml", out=io.StringIO())
+    assert not result.ok
+    assert result.failures == ["task 'Init' failed on localhost: wrong password"]
+
+
 def test_progress_names_plays_and_changes(tmp_path: Path) -> None:
     # The keys play alone: it generates keys, so it reports changes, task by task.
     inventory = PROJECT / "inventory" / "local"
