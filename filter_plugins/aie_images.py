@@ -1,16 +1,19 @@
-"""Filters for building images: one digest of everything an image is built from.
+"""Filters for building images and running containers: one digest of everything each is made from.
 
 A no-op deployment must not copy build contexts file by file and run builds through the
 layer cache only to find nothing changed. The roles label each image with the digest of its
 inputs (build context, sources, build arguments, parent images) and skip the whole
 preparation when the label matches. Ansible's `hash` filter digests one string and the
 `checksum`/`stat` facilities one file at a time on a host; nothing digests a tree of files on
-the controller, hence this filter.
+the controller, hence this filter. Containers are labelled the same way (aie.config: their
+config files, secrets, environment and volumes): a run that finds the label matching skips
+writing them one by one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -65,9 +68,46 @@ def aie_image_id(images: Iterable[Mapping[str, Any]], name: str) -> str:
 
 
 def aie_image_label(images: Iterable[Mapping[str, Any]], name: str, label: str) -> str:
-    """Label `label` of image `name` among docker_image_info's `images` ('' when absent)."""
-    labels = (_listed(images, name).get("Config") or {}).get("Labels") or {}
+    """Label `label` of image `name` among docker_image_info's `images` ('' when absent).
+
+    docker_host_info's verbose `images` (Docker's image list) hold the labels at the top level.
+    """
+    image = _listed(images, name)
+    labels = (image.get("Config") or {}).get("Labels") or image.get("Labels") or {}
     return str(labels.get(label, ""))
+
+
+def _with_contents(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        counted = {key: _with_contents(item) for key, item in value.items()}
+        if isinstance(value.get("src"), str):
+            path = value["src"]
+            if os.path.isfile(path):
+                with open(path, "rb") as handle:
+                    counted["src_sha256"] = hashlib.sha256(handle.read()).hexdigest()
+            else:
+                counted["src_sha256"] = None
+        return counted
+    if isinstance(value, (list, tuple)):
+        return [_with_contents(item) for item in value]
+    return value
+
+
+def aie_config_digest(parts: Any) -> str:
+    """sha256 over `parts` as JSON, where each mapping with a `src` file counts that file's contents.
+
+    A missing `src` counts as missing (check mode before the keys exist), not as an error.
+    """
+    return hashlib.sha256(json.dumps(_with_contents(parts), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def aie_container_labels(containers: Iterable[Mapping[str, Any]], label: str) -> dict[str, str]:
+    """Label `label` of each container among docker_host_info's verbose `containers`, by name."""
+    return {
+        str(name).lstrip("/"): str((container.get("Labels") or {}).get(label, ""))
+        for container in containers
+        for name in container.get("Names") or []
+    }
 
 
 class FilterModule:
@@ -77,4 +117,6 @@ class FilterModule:
             "aie_image_ref": aie_image_ref,
             "aie_image_id": aie_image_id,
             "aie_image_label": aie_image_label,
+            "aie_config_digest": aie_config_digest,
+            "aie_container_labels": aie_container_labels,
         }

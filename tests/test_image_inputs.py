@@ -82,3 +82,31 @@ def test_ids_and_labels_are_read_from_the_listed_image(images: ModuleType) -> No
     assert images.aie_image_label(found, "aie/mlflow", "aie.inputs") == "abc"
     assert images.aie_image_label(found, "aie/common:latest", "aie.inputs") == ""
     assert images.aie_image_id(found, "aie/ml") == "" and images.aie_image_label(found, "aie/ml", "aie.inputs") == ""
+
+
+def test_labels_are_read_from_docker_s_image_list_too(images: ModuleType) -> None:
+    # docker_host_info's verbose images hold their labels at the top level.
+    listed = [{"Id": "sha256:own", "RepoTags": ["aie/mlflow:latest"], "Labels": {"aie.inputs": "abc"}}]
+    assert images.aie_image_label(listed, "aie/mlflow", "aie.inputs") == "abc"
+    assert images.aie_image_id(listed, "aie/mlflow:latest") == "sha256:own"
+
+
+def test_the_config_digest_counts_the_contents_of_source_files(images: ModuleType, tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("one")
+    parts = {"files": [{"name": "key", "src": str(key)}], "env": {"A": "1"}}
+    first = images.aie_config_digest(parts)
+    assert images.aie_config_digest(parts) == first
+    assert images.aie_config_digest({**parts, "env": {"A": "2"}}) != first
+    key.write_text("two")
+    assert images.aie_config_digest(parts) != first
+    key.unlink()
+    assert images.aie_config_digest(parts) not in (first, images.aie_config_digest({**parts, "files": []}))
+
+
+def test_each_running_container_s_label_is_found_by_name(images: ModuleType) -> None:
+    containers = [
+        {"Names": ["/aie-mlflow"], "Labels": {"aie.config": "abc", "aie.inputs": "x"}},
+        {"Names": ["/aie-sftp"], "Labels": None},
+    ]
+    assert images.aie_container_labels(containers, "aie.config") == {"aie-mlflow": "abc", "aie-sftp": ""}
