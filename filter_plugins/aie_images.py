@@ -30,6 +30,11 @@ def _files_under(root: str) -> list[str]:
     return sorted(names)
 
 
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
 def aie_tree_digest(root: str, names: Iterable[str] | None = None) -> str:
     """sha256 over the relative names, modes and contents of files under `root`.
 
@@ -44,9 +49,7 @@ def aie_tree_digest(root: str, names: Iterable[str] | None = None) -> str:
         if not os.path.isfile(path):
             raise ValueError(f"aie_tree_digest: {path!r} is not a file")
         executable = os.access(path, os.X_OK)
-        with open(path, "rb") as handle:
-            content = hashlib.sha256(handle.read()).hexdigest()
-        digest.update(f"{name}\0{int(executable)}\0{content}\n".encode())
+        digest.update(f"{name}\0{int(executable)}\0{_file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
 
@@ -82,11 +85,7 @@ def _with_contents(value: Any) -> Any:
         counted = {key: _with_contents(item) for key, item in value.items()}
         if isinstance(value.get("src"), str):
             path = value["src"]
-            if os.path.isfile(path):
-                with open(path, "rb") as handle:
-                    counted["src_sha256"] = hashlib.sha256(handle.read()).hexdigest()
-            else:
-                counted["src_sha256"] = None
+            counted["src_sha256"] = _file_sha256(path) if os.path.isfile(path) else None
         return counted
     if isinstance(value, (list, tuple)):
         return [_with_contents(item) for item in value]
