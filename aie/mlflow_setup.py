@@ -16,6 +16,10 @@ given through a shell can be read by other users of the host. Prints one JSON ob
 ``{"changed": [...]}``, one line per change (made, or in check mode to be made); on an error,
 prints one line naming the culprit to stderr and exits 1. Passwords are never printed.
 Accounts not listed are left alone (admins may add users in the UI).
+
+Every call signs in, and the server checks the password's hash each time (about 0.2 s here):
+the lookups, which do not depend on each other, are made a few at a time; the changes, rare,
+one after another.
 """
 
 from __future__ import annotations
@@ -26,9 +30,22 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+# Lookups in flight at once: enough to keep a server's workers busy, few enough not to queue.
+PARALLEL = 4
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def each(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """function applied to every item, a few at a time; the results in the items' order (the
+    first error raised, as a plain loop would)."""
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        return list(pool.map(function, items))
 
 
 class SetupError(Exception):
@@ -77,12 +94,13 @@ def message(answer: dict[str, Any]) -> str:
 def experiment_ids(admin: Server, experiments: list[dict[str, Any]], check: bool, changed: list[str]) -> dict[str, str]:
     """Create the missing experiments; refuse one that exists with another artifact location
     (MLflow cannot move it). Returns name -> id (a placeholder for one to be created in check mode)."""
+    found = each(lambda experiment: admin.call("GET", "/api/2.0/mlflow/experiments/get-by-name",
+                                               query={"experiment_name": experiment["name"]}), experiments)
     ids: dict[str, str] = {}
-    for experiment in experiments:
+    for experiment, (status, answer) in zip(experiments, found, strict=True):
         name, location = experiment["name"], experiment["artifact_location"]
-        status, found = admin.call("GET", "/api/2.0/mlflow/experiments/get-by-name", query={"experiment_name": name})
         if status == 200:
-            existing = found["experiment"]
+            existing = answer["experiment"]
             if existing["artifact_location"] != location or existing["lifecycle_stage"] != "active":
                 raise SetupError(
                     f"Experiment {name} already exists with artifact location {existing['artifact_location']} "
@@ -95,14 +113,23 @@ def experiment_ids(admin: Server, experiments: list[dict[str, Any]], check: bool
                 "POST", "/api/2.0/mlflow/experiments/create", {"name": name, "artifact_location": location}
             )["experiment_id"]
         else:
-            raise SetupError(f"MLflow refused to look up experiment {name}: {status} {message(found)}")
+            raise SetupError(f"MLflow refused to look up experiment {name}: {status} {message(answer)}")
     return ids
 
 
-def account(admin: Server, wanted: dict[str, Any], check: bool, changed: list[str]) -> bool:
-    """Create the account or correct its password and admin flag. Returns whether it exists now."""
+def signed_in(admin: Server, wanted: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The account looking itself up with its password: 200 when it exists with that password."""
+    name = wanted["username"]
+    own = Server(admin.url, name, wanted["password"])
+    return own.call("GET", "/api/2.0/mlflow/users/get", query={"username": name})
+
+
+def account(admin: Server, wanted: dict[str, Any], own: tuple[int, dict[str, Any]], check: bool,
+            changed: list[str]) -> bool:
+    """Create the account or correct its password and admin flag, given what signed_in answered.
+    Returns whether it exists now."""
     name, password, is_admin = wanted["username"], wanted["password"], bool(wanted.get("admin", False))
-    status, found = Server(admin.url, name, password).call("GET", "/api/2.0/mlflow/users/get", query={"username": name})
+    status, found = own
     if status != 200:
         # A wrong password and an unknown user both answer 401: the admin tells them apart.
         status, found = admin.call("GET", "/api/2.0/mlflow/users/get", query={"username": name})
@@ -130,27 +157,36 @@ def permissions(admin: Server, wanted: dict[str, Any], ids: dict[str, str], exis
                 changed: list[str]) -> None:
     """Grant the account its permission on each experiment it lists, where it differs."""
     name = wanted["username"]
-    for experiment, permission in sorted(wanted.get("permissions", {}).items()):
+    listed = sorted(wanted.get("permissions", {}).items())
+    for experiment, permission in listed:
         if experiment not in ids:
             raise SetupError(f"mlflow_users: {name} is given {permission} on experiment {experiment}, "
                              "which mlflow_experiments does not list")
         if permission not in PERMISSIONS:
             raise SetupError(f"mlflow_users: {name} is given {permission} on {experiment}; "
                              f"choose one of {', '.join(PERMISSIONS)}")
-        target = {"username": name, "resource_type": "experiment", "resource_id": ids[experiment]}
-        if exists and ids[experiment]:
-            have = admin.expect("GET", "/api/3.0/mlflow/users/permissions/get", query=target)["permission"]
-            if have == permission:
-                continue
+
+    def target(experiment: str) -> dict[str, str]:
+        return {"username": name, "resource_type": "experiment", "resource_id": ids[experiment]}
+
+    def held(experiment: str) -> str | None:
+        if not (exists and ids[experiment]):
+            return None
+        return str(admin.expect("GET", "/api/3.0/mlflow/users/permissions/get", query=target(experiment))["permission"])
+
+    for (experiment, permission), have in zip(listed, each(held, [e for e, _ in listed]), strict=True):
+        if have == permission:
+            continue
         changed.append(f"{name} given {permission} on experiment {experiment}")
         if check:
             continue
         # A grant is refused where one exists: the one there (if any) is revoked first.
-        status, answer = admin.call("POST", "/api/3.0/mlflow/users/permissions/revoke", target)
+        status, answer = admin.call("POST", "/api/3.0/mlflow/users/permissions/revoke", target(experiment))
         if status not in (200, 404):
             raise SetupError(f"MLflow refused to revoke {name}'s permission on {experiment}: "
                              f"{status} {message(answer)}")
-        admin.expect("POST", "/api/3.0/mlflow/users/permissions/grant", {**target, "permission": permission})
+        admin.expect("POST", "/api/3.0/mlflow/users/permissions/grant",
+                     {**target(experiment), "permission": permission})
 
 
 def setup(settings: dict[str, Any]) -> list[str]:
@@ -164,8 +200,9 @@ def setup(settings: dict[str, Any]) -> list[str]:
             "Set aie_mlflow_admin_password to it, or see the README on rotating it.")
     changed: list[str] = []
     ids = experiment_ids(admin, settings.get("experiments", []), check, changed)
-    for wanted in settings.get("accounts", []):
-        exists = account(admin, wanted, check, changed)
+    accounts = settings.get("accounts", [])
+    for wanted, own in zip(accounts, each(lambda wanted: signed_in(admin, wanted), accounts), strict=True):
+        exists = account(admin, wanted, own, check, changed)
         permissions(admin, wanted, ids, exists, check, changed)
     return changed
 
