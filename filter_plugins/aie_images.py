@@ -100,11 +100,15 @@ def aie_config_digest(parts: Any) -> str:
     return hashlib.sha256(json.dumps(_with_contents(parts), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def aie_container_labels(containers: Iterable[Mapping[str, Any]], label: str) -> dict[str, str]:
-    """Label `label` of each container among docker_host_info's verbose `containers`, by name."""
+def aie_running_containers(containers: Iterable[Mapping[str, Any]], label: str) -> dict[str, dict[str, str]]:
+    """Each running container among docker_host_info's verbose `containers`, by name: its label
+    `label` (``config``) and the ID of the image it runs (``image``). A stopped container is left
+    out: it is not what a deployment left running."""
     return {
-        str(name).lstrip("/"): str((container.get("Labels") or {}).get(label, ""))
+        str(name).lstrip("/"): {"config": str((container.get("Labels") or {}).get(label, "")),
+                                "image": str(container.get("ImageID") or "")}
         for container in containers
+        if container.get("State") == "running"
         for name in container.get("Names") or []
     }
 
@@ -117,5 +121,5 @@ class FilterModule:
             "aie_image_id": aie_image_id,
             "aie_image_label": aie_image_label,
             "aie_config_digest": aie_config_digest,
-            "aie_container_labels": aie_container_labels,
+            "aie_running_containers": aie_running_containers,
         }

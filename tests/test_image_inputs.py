@@ -104,9 +104,14 @@ def test_the_config_digest_counts_the_contents_of_source_files(images: ModuleTyp
     assert images.aie_config_digest(parts) not in (first, images.aie_config_digest({**parts, "files": []}))
 
 
-def test_each_running_container_s_label_is_found_by_name(images: ModuleType) -> None:
+def test_each_running_container_s_label_and_image_are_found_by_name(images: ModuleType) -> None:
     containers = [
-        {"Names": ["/aie-mlflow"], "Labels": {"aie.config": "abc", "aie.inputs": "x"}},
-        {"Names": ["/aie-sftp"], "Labels": None},
+        {"Names": ["/aie-mlflow"], "Labels": {"aie.config": "abc", "aie.inputs": "x"}, "ImageID": "sha256:1",
+         "State": "running"},
+        {"Names": ["/aie-sftp"], "Labels": None, "ImageID": "sha256:2", "State": "running"},
+        {"Names": ["/aie-minio"], "Labels": {"aie.config": "def"}, "ImageID": "sha256:3", "State": "exited"},
     ]
-    assert images.aie_container_labels(containers, "aie.config") == {"aie-mlflow": "abc", "aie-sftp": ""}
+    assert images.aie_running_containers(containers, "aie.config") == {
+        "aie-mlflow": {"config": "abc", "image": "sha256:1"},
+        "aie-sftp": {"config": "", "image": "sha256:2"},
+    }
