@@ -5,7 +5,7 @@ VENV ?= .venv
 AIE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up down status test unit lint bootstrap bootstrap-test benchmark benchmark-s3 benchmark-speed
+.PHONY: up down status test unit lint bootstrap bootstrap-test benchmark benchmark-s3 benchmark-speed benchmark-cold
 
 # What deploying needs (make up); the tests add their tools (bootstrap-test).
 bootstrap:
@@ -44,3 +44,8 @@ benchmark-s3: bootstrap-test
 # Wall time of a no-op `aie up`, `aie status`, `aie serve` and `aie predict` on the deployed local stack.
 benchmark-speed: bootstrap-test
 	$(VENV)/bin/python benchmarks/speed.py --serve
+
+# Wall time of `make up` on a fresh machine (a Debian container with its own Docker engine, packages
+# from the network): about 15 minutes and 10 GB of downloads and images, removed afterwards.
+benchmark-cold: bootstrap-test
+	$(VENV)/bin/python benchmarks/cold_up.py
