@@ -59,9 +59,15 @@ def main() -> None:
     try:
         sh("docker", "run", "-d", "--init", "--name", NAME, *DIND, args.image, "sleep", "infinity",
            capture_output=True)
-        # What a fresh machine has before the README's first command: Python, make, a checkout.
-        sh("docker", "exec", NAME, "sh", "-c",
-           "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 make >/dev/null")
+        # What a fresh machine has before the README's first command: Python, make, a checkout,
+        # and the trust of its network (the CA certificates this machine trusts, for proxies that
+        # intercept TLS, and pip told to use them, as /etc/pip.conf does here).
+        sh("docker", "exec", NAME, "sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+           "apt-get install -y -qq python3 make ca-certificates >/dev/null")
+        for certificate in sorted(Path("/usr/local/share/ca-certificates").glob("*.crt")):
+            sh("docker", "cp", str(certificate), f"{NAME}:/usr/local/share/ca-certificates/")
+        sh("docker", "exec", NAME, "sh", "-c", "update-ca-certificates >/dev/null && printf "
+           "'[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n' > /etc/pip.conf")
         archive = subprocess.run(["git", "archive", "HEAD"], cwd=PROJECT, check=True, capture_output=True).stdout
         sh("docker", "exec", "-i", NAME, "sh", "-c", "mkdir -p /root/aie && tar -x -C /root/aie",
            input=archive.decode("latin-1"))
