@@ -13,12 +13,15 @@ setup(
         "paramiko>=3.4,<6",
     ],
     extras_require={
-        # What the `aie` CLI needs to run the playbooks.
+        # What the `aie` CLI needs to run the playbooks, and what the modules import where they
+        # run on the controller (the local inventory): community.docker needs requests,
+        # amazon.aws boto3 (tests/test_bootstrap.py runs one module of each).
         "deploy": [
             "ansible>=11,<13",
             "ansible-runner>=2.4,<3",
             "boto3>=1.34,<2",
             "PyYAML>=6,<7",
+            "requests>=2.28,<3",
         ],
         # What the artifact store needs inside MLflow (server and notebooks).
         "mlflow": [

@@ -31,6 +31,17 @@ def test_a_broken_virtualenv_is_made_again_with_only_what_deploying_needs(tmp_pa
     assert not (venv / "bin" / "pytest").exists() and not (venv / "bin" / "mlflow").exists()
     answered = subprocess.run([str(venv / "bin" / "aie"), "--help"], capture_output=True, text=True, check=False)
     assert answered.returncode == 0 and "usage: aie" in answered.stdout
+    # On the local inventory the modules run with this virtualenv's Python: each collection's
+    # libraries (requests for community.docker, boto3 for amazon.aws) must be in it. Whether the
+    # Docker engine or an S3 server answers does not matter here, only that the module starts.
+    for module, args in (("community.docker.docker_host_info", ""),
+                         ("amazon.aws.s3_bucket_info", "endpoint_url=http://127.0.0.1:9 access_key=a secret_key=b")):
+        ran = subprocess.run(
+            [str(venv / "bin" / "ansible"), "localhost", "-c", "local", "-m", module, "-a", args,
+             "-e", f"ansible_python_interpreter={venv / 'bin' / 'python'}"],
+            capture_output=True, text=True, timeout=300, check=False, cwd=PROJECT, env={"PATH": "/usr/bin:/bin"})
+        assert "Failed to import" not in ran.stdout + ran.stderr, (module, ran.stdout[-1500:])
+        assert "localhost |" in ran.stdout, (module, ran.stdout[-1500:], ran.stderr[-1500:])
     nothing_to_do = bootstrap(venv, "deploy")
     assert nothing_to_do.returncode == 0 and nothing_to_do.stdout == ""
 
