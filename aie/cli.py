@@ -170,7 +170,11 @@ def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse
                 healthy &= bool(entry["healthy"])
                 state = "healthy" if entry["healthy"] else "DOWN"
             print(f"{service:<13} {state:<8} {entry['url']:<36} ({host})")
-    secrets = keys_dir(project_dir, args.extra_vars) / "secrets"
+    keys = keys_dir(project_dir, args.extra_vars)
+    ca = keys / "tls" / "ca.pem"
+    if ca.is_file():
+        print(f"CA of the HTTPS services (trust it in your browser): {ca}")
+    secrets = keys / "secrets"
     token = secrets / "jupyterlab_token"
     if token.is_file():
         print(f"JupyterLab token: {token.read_text().split()[0]}")

@@ -5,14 +5,15 @@ The mlflow role runs it in the server's container (``python -m aie.mlflow_setup`
 on stdin). It uses the standard library only: importing mlflow for its AuthServiceClient takes
 about 3 s on every ``aie up``, for the same handful of documented REST calls made here.
 
-    echo '{"url": ..., "admin": {"username": ..., "password": ...},
+    echo '{"url": ..., "ca_file": ..., "admin": {"username": ..., "password": ...},
            "experiments": [{"name": ..., "artifact_location": ...}],
            "accounts": [{"username": ..., "password": ..., "admin": false,
                          "permissions": {"<experiment>": "EDIT"}}],
            "check": false}' | python -m aie.mlflow_setup
 
 The settings come on stdin because they hold passwords: a command line or an environment
-given through a shell can be read by other users of the host. Prints one JSON object,
+given through a shell can be read by other users of the host. ``ca_file`` is the CA bundle an
+https url is checked against (the system's when absent). Prints one JSON object,
 ``{"changed": [...]}``, one line per change (made, or in check mode to be made); on an error,
 prints one line naming the culprit to stderr and exits 1. Passwords are never printed.
 Accounts not listed are left alone (admins may add users in the UI).
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -55,9 +57,10 @@ class SetupError(Exception):
 class Server:
     """MLflow's REST API at url, as one user."""
 
-    def __init__(self, url: str, username: str, password: str) -> None:
+    def __init__(self, url: str, username: str, password: str, tls: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
         self.username = username
+        self.tls = tls
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
 
@@ -68,7 +71,7 @@ class Server:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, method=method, headers=self.headers)
         try:
-            with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - the url is MLflow's
+            with urllib.request.urlopen(request, timeout=30, context=self.tls) as answer:  # noqa: S310 - the url is MLflow's
                 return answer.status, json.loads(answer.read() or b"{}")
         except urllib.error.HTTPError as error:
             text = error.read().decode(errors="replace")
@@ -120,7 +123,7 @@ def experiment_ids(admin: Server, experiments: list[dict[str, Any]], check: bool
 def signed_in(admin: Server, wanted: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """The account looking itself up with its password: 200 when it exists with that password."""
     name = wanted["username"]
-    own = Server(admin.url, name, wanted["password"])
+    own = Server(admin.url, name, wanted["password"], admin.tls)
     return own.call("GET", "/api/2.0/mlflow/users/get", query={"username": name})
 
 
@@ -191,7 +194,8 @@ def permissions(admin: Server, wanted: dict[str, Any], ids: dict[str, str], exis
 
 def setup(settings: dict[str, Any]) -> list[str]:
     check = bool(settings.get("check", False))
-    admin = Server(settings["url"], settings["admin"]["username"], settings["admin"]["password"])
+    tls = ssl.create_default_context(cafile=settings["ca_file"]) if settings.get("ca_file") else None
+    admin = Server(settings["url"], settings["admin"]["username"], settings["admin"]["password"], tls)
     status, answer = admin.call("GET", "/api/2.0/mlflow/users/get", query={"username": admin.username})
     if status != 200 or not answer["user"].get("is_admin"):
         raise SetupError(

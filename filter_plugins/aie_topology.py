@@ -4,12 +4,15 @@ This is the one place that computes service addresses. A service is reached thro
 Docker network (its container name and internal port) from hosts that share its Docker
 engine, and through its host's address and published port from every other host. A service
 with an `external` URL (the S3 server with `minio_engine: external`) runs on no inventory host:
-every client reaches it at that URL.
+every client reaches it at that URL. A service with `tls` set serves HTTPS: its endpoints carry
+an https `url`, and its host's certificate names every host and address clients use for it
+(`aie_tls_names`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +27,10 @@ def _external(url: str) -> dict[str, Any]:
     port = parts.port or _DEFAULT_PORTS[parts.scheme]
     address = {"host": parts.hostname, "port": port}
     return {"server": "", **address, "from_host": dict(address), "url": url.rstrip("/")}
+
+
+def _with_url(address: dict[str, Any], scheme: str) -> dict[str, Any]:
+    return {**address, "url": f"{scheme}://{address['host']}:{address['port']}"}
 
 
 def _same_engine(client: str, server: str, hostvars: Mapping[str, Any]) -> bool:
@@ -66,7 +73,13 @@ def aie_endpoints(
         else:
             host, port = _address(server, hostvars), published
             from_host = {"host": host, "port": port}
-        endpoints[name] = {"server": server, "host": host, "port": port, "from_host": from_host}
+        endpoint = {"server": server, "host": host, "port": port, "from_host": from_host}
+        if "health" in service and "path" in service["health"]:
+            # An HTTP service: the URLs clients use.
+            scheme = "https" if service.get("tls") else "http"
+            endpoint = _with_url(endpoint, scheme)
+            endpoint["from_host"] = _with_url(from_host, scheme)
+        endpoints[name] = endpoint
     return endpoints
 
 
@@ -79,6 +92,35 @@ def aie_endpoints_of(
 ) -> list[dict[str, Any]]:
     """The endpoint of one service as each of `clients` reaches it."""
     return [aie_endpoints(services, client, hostvars, groups)[service] for client in clients]
+
+
+def aie_tls_names(
+    services: Mapping[str, Mapping[str, Any]],
+    server: str,
+    hostvars: Mapping[str, Any],
+    groups: Mapping[str, list[str]],
+    extra: Iterable[str] = (),
+) -> list[str]:
+    """The subject alternative names of `server`'s certificate: every name and address by which
+    a client (any host of the `aie` group, or a process on `server` itself) reaches a service
+    with `tls` that runs there, and `extra` ones (its address on the network, names users give)."""
+    names = {"localhost", "127.0.0.1", *(str(name) for name in extra if name)}
+    clients = list(groups.get("aie") or []) or [server]
+    for name, service in services.items():
+        if not service.get("tls") or service.get("external") or server not in (groups.get(service["group"]) or []):
+            continue
+        names.add(str(service["container"]))
+        for client in clients:
+            endpoint = aie_endpoints(services, client, hostvars, groups)[name]
+            names.update({str(endpoint["host"]), str(endpoint["from_host"]["host"])})
+    return sorted(_san(name) for name in names)
+
+
+def _san(name: str) -> str:
+    try:
+        return f"IP:{ipaddress.ip_address(name)}"
+    except ValueError:
+        return f"DNS:{name}"
 
 
 def aie_hosted(services: Mapping[str, Mapping[str, Any]], group_names: list[str]) -> list[str]:
@@ -126,6 +168,7 @@ class FilterModule:
             "aie_endpoints_of": aie_endpoints_of,
             "aie_hosted": aie_hosted,
             "aie_required_groups": aie_required_groups,
+            "aie_tls_names": aie_tls_names,
             "aie_known_host": aie_known_host,
             "aie_known_host_names": aie_known_host_names,
             "aie_volume_mounts": aie_volume_mounts,

@@ -22,6 +22,13 @@ PORTS = {
     "aie_jupyterlab_port": 18888, "aie_serving_port": 15001,
 }
 ENGINE = os.environ.get("AIE_TEST_S3_ENGINE", "rgw")
+# The end-to-end stack's MLflow, over HTTPS (its CA: tls_ca(keys)).
+MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
+
+
+def tls_ca(keys: Path) -> Path:
+    """The CA bundle of a deployment's HTTPS services, generated into its keys folder."""
+    return keys / "tls" / "ca.pem"
 
 
 def run(args: Sequence[str], timeout: float = 1800, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -71,10 +78,14 @@ def s3_client(keys: Path, account: str = "s3_client") -> Any:
     )
 
 
-def http_status(url: str, account: tuple[str, str] | None = None, body: dict[str, Any] | None = None) -> int:
+def http_status(url: str, account: tuple[str, str] | None = None, body: dict[str, Any] | None = None,
+                cafile: Path | None = None) -> int:
     """HTTP status of one call (a POST of body as JSON when given), signed in with basic auth as
-    account (name, password) or not at all; 0 when nothing answers."""
+    account (name, password) or not at all, an https URL checked against cafile (else the system's
+    CAs); 0 when nothing answers in HTTP (no server, a refused certificate, no HTTP on the port)."""
     import base64
+    import http.client
+    import ssl
     import urllib.error
     import urllib.request
 
@@ -82,20 +93,31 @@ def http_status(url: str, account: tuple[str, str] | None = None, body: dict[str
     if account is not None:
         headers["Authorization"] = "Basic " + base64.b64encode(":".join(account).encode()).decode()
     data = json.dumps(body).encode() if body is not None else None
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=30) as answer:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=30,
+                                    context=context) as answer:
             return int(answer.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return 0
 
 
+def mlflow_status(path: str, account: tuple[str, str] | None = None, body: dict[str, Any] | None = None) -> int:
+    """HTTP status of one call to the end-to-end stack's MLflow, trusting the CA the stack fixture
+    names to MLflow's clients (MLFLOW_TRACKING_SERVER_CERT_PATH)."""
+    cafile = Path(os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+    return http_status(f"{MLFLOW_URL}{path}", account, body, cafile=cafile)
+
+
 def mlflow_admin(keys: Path) -> dict[str, str]:
-    """The environment with which MLflow's client signs in as the stack's admin."""
+    """The environment with which MLflow's client signs in as the stack's admin (over HTTPS,
+    trusting the stack's CA)."""
     password = keys / "secrets" / "mlflow_admin_password"
     return {"MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": password.read_text().split()[0] if password.is_file() else ""}
+            "MLFLOW_TRACKING_PASSWORD": password.read_text().split()[0] if password.is_file() else "",
+            "MLFLOW_TRACKING_SERVER_CERT_PATH": str(tls_ca(keys))}
 
 
 def write_vars(path: Path, values: dict[str, object]) -> str:

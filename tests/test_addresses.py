@@ -59,6 +59,29 @@ def test_separate_hosts_use_address_and_published_port(aie_filters: ModuleType) 
     assert [e["host"] for e in from_sftp] == ["10.1.0.11", "aie-sftp"]
 
 
+def test_https_services_have_https_urls_and_certificates_that_name_every_client_view(aie_filters: ModuleType) -> None:
+    services = {
+        "mlflow": {**SERVICES["mlflow"], "health": {"path": "/health"}, "tls": True},
+        "s3": {**SERVICES["s3"], "health": {"path": "/"}},
+        "sftp": SERVICES["sftp"],
+    }
+    hostvars = {"m1": {"ansible_host": "10.1.0.10", "aie_advertised_address": "mlflow.example.org"},
+                "j1": {"ansible_host": "10.1.0.11"}, "o1": {"ansible_host": "10.1.0.12"}}
+    groups = {"aie": ["m1", "j1", "o1"], "mlflow": ["m1"], "sftp": ["m1"], "minio": ["o1"], "jupyterlab": ["j1"]}
+    from_j1 = aie_filters.aie_endpoints(services, "j1", hostvars, groups)
+    assert from_j1["mlflow"]["url"] == "https://mlflow.example.org:5500"
+    assert from_j1["mlflow"]["from_host"]["url"] == "https://mlflow.example.org:5500"
+    assert from_j1["s3"]["url"] == "http://10.1.0.12:9000"
+    assert "url" not in from_j1["sftp"]
+    from_m1 = aie_filters.aie_endpoints(services, "m1", hostvars, groups)["mlflow"]
+    assert (from_m1["url"], from_m1["from_host"]["url"]) == ("https://aie-mlflow:5000", "https://127.0.0.1:5500")
+    # The MLflow host's certificate: its container name, its advertised name, loopback, and what
+    # is given (its address on the network); the hosts without an HTTPS service need none.
+    assert aie_filters.aie_tls_names(services, "m1", hostvars, groups, ["10.1.0.10", ""]) == [
+        "DNS:aie-mlflow", "DNS:localhost", "DNS:mlflow.example.org", "IP:10.1.0.10", "IP:127.0.0.1"]
+    assert aie_filters.aie_tls_names(services, "o1", hostvars, groups) == ["DNS:localhost", "IP:127.0.0.1"]
+
+
 def test_a_service_without_hosts_has_no_endpoint(aie_filters: ModuleType) -> None:
     endpoints = aie_filters.aie_endpoints(SERVICES, "a", {"a": {}}, {"mlflow": ["a"], "sftp": []})
     assert set(endpoints) == {"mlflow"}

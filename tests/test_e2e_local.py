@@ -10,6 +10,8 @@ import hashlib
 import json
 import re
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,21 @@ import pytest
 from botocore.exceptions import ClientError
 from mlflow.tracking import MlflowClient
 
-from conftest import ENGINE, PORTS, PREFIX, aie, containers, http_status, jupyter_exec, run, s3_client, write_vars
+from conftest import (
+    ENGINE,
+    MLFLOW_URL,
+    PORTS,
+    PREFIX,
+    aie,
+    containers,
+    http_status,
+    jupyter_exec,
+    mlflow_status,
+    run,
+    s3_client,
+    tls_ca,
+    write_vars,
+)
 
 LOG_RUNS = r"""
 import hashlib, json, os, tempfile
@@ -85,7 +101,7 @@ def test_s3_artifact_is_in_the_bucket(stack: dict[str, Any], logged: dict[str, A
 
 
 def test_mlflow_returns_the_runs_and_metrics(logged: dict[str, Any]) -> None:
-    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{PORTS['aie_mlflow_port']}")
+    client = MlflowClient(tracking_uri=MLFLOW_URL)
     for name, entry in logged.items():
         run_data = client.get_run(entry["run_id"])
         experiment = client.get_experiment(run_data.info.experiment_id)
@@ -96,32 +112,27 @@ def test_mlflow_returns_the_runs_and_metrics(logged: dict[str, Any]) -> None:
         assert run_data.data.metrics["loss"] == pytest.approx(1 / 3)
 
 
-def mlflow_call(path: str, account: tuple[str, str] | None, body: dict[str, Any] | None = None) -> int:
-    """HTTP status of one call to the stack's MLflow, signed in as account or not at all."""
-    return http_status(f"http://127.0.0.1:{PORTS['aie_mlflow_port']}{path}", account, body)
-
-
 def test_mlflow_answers_only_its_accounts(stack: dict[str, Any], logged: dict[str, Any]) -> None:
     secrets: Path = stack["keys"] / "secrets"
     password = {name: (secrets / f"mlflow_{name}_password").read_text().split()[0]
                 for name in ("admin", "jupyterlab", "serving")}
     alice = ("alice", (secrets / "mlflow_users" / "alice").read_text().split()[0])
     search = "/api/2.0/mlflow/experiments/search?max_results=10"
-    ids = {name: MlflowClient(tracking_uri=f"http://127.0.0.1:{PORTS['aie_mlflow_port']}")
+    ids = {name: MlflowClient(tracking_uri=MLFLOW_URL)
            .get_experiment_by_name(name).experiment_id for name in ("notebooks-sftp", "notebooks-s3")}
     answers = {
         # Health stays open (probes), everything else asks who is calling.
-        "health, no credentials": mlflow_call("/health", None),
-        "search, no credentials": mlflow_call(search, None),
-        "search, admin with a wrong password": mlflow_call(search, ("admin", password["admin"] + "-wrong")),
-        "search, serving": mlflow_call(search, ("serving", password["serving"])),
-        "new run, serving": mlflow_call("/api/2.0/mlflow/runs/create", ("serving", password["serving"]),
+        "health, no credentials": mlflow_status("/health", None),
+        "search, no credentials": mlflow_status(search, None),
+        "search, admin with a wrong password": mlflow_status(search, ("admin", password["admin"] + "-wrong")),
+        "search, serving": mlflow_status(search, ("serving", password["serving"])),
+        "new run, serving": mlflow_status("/api/2.0/mlflow/runs/create", ("serving", password["serving"]),
                                         {"experiment_id": ids["notebooks-s3"]}),
-        "new account, jupyterlab": mlflow_call("/api/2.0/mlflow/users/create", ("jupyterlab", password["jupyterlab"]),
+        "new account, jupyterlab": mlflow_status("/api/2.0/mlflow/users/create", ("jupyterlab", password["jupyterlab"]),
                                                {"username": "mallory", "password": "M" * 20}),
-        "new run in notebooks-s3, alice": mlflow_call("/api/2.0/mlflow/runs/create", alice,
+        "new run in notebooks-s3, alice": mlflow_status("/api/2.0/mlflow/runs/create", alice,
                                                       {"experiment_id": ids["notebooks-s3"]}),
-        "new run in notebooks-sftp, alice": mlflow_call("/api/2.0/mlflow/runs/create", alice,
+        "new run in notebooks-sftp, alice": mlflow_status("/api/2.0/mlflow/runs/create", alice,
                                                         {"experiment_id": ids["notebooks-sftp"]}),
     }
     assert answers == {
@@ -134,6 +145,33 @@ def test_mlflow_answers_only_its_accounts(stack: dict[str, Any], logged: dict[st
         "new run in notebooks-s3, alice": 200,
         "new run in notebooks-sftp, alice": 403,
     }
+
+
+def test_mlflow_speaks_only_https_with_the_deployments_ca(stack: dict[str, Any], logged: dict[str, Any]) -> None:
+    from cryptography import x509
+
+    keys: Path = stack["keys"]
+    plain = f"http://127.0.0.1:{PORTS['aie_mlflow_port']}/health"
+    # A client without the CA (the system's authorities only) refuses the certificate.
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(f"{MLFLOW_URL}/health", timeout=30)  # noqa: S310
+    answers = {"https with the CA": http_status(f"{MLFLOW_URL}/health", cafile=tls_ca(keys)),
+               "plain http": http_status(plain)}
+    assert answers == {"https with the CA": 200, "plain http": 0}
+    # The host's certificate names what clients use (the container's name on the Docker network,
+    # the published address), and is signed by the CA, whose key stays in the secrets folder.
+    certificate = x509.load_pem_x509_certificate((keys / "tls" / "localhost.pem").read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {f"{PREFIX}-mlflow", "localhost"} <= set(names.get_values_for_type(x509.DNSName))
+    assert "127.0.0.1" in {str(address) for address in names.get_values_for_type(x509.IPAddress)}
+    ca = x509.load_pem_x509_certificate(tls_ca(keys).read_bytes())
+    certificate.verify_directly_issued_by(ca)
+    assert (keys / "secrets" / "tls_ca.key").stat().st_mode & 0o077 == 0
+    assert (keys / "tls" / "localhost.key").stat().st_mode & 0o077 == 0
+    # Inside the clients' containers, MLflow is reached over HTTPS with that CA.
+    env = run(["docker", "exec", f"{PREFIX}-jupyterlab", "printenv", "MLFLOW_TRACKING_URI",
+               "MLFLOW_TRACKING_SERVER_CERT_PATH"], timeout=60).stdout.split()
+    assert env == [f"https://{PREFIX}-mlflow:5000", "/etc/aie/tls/ca.pem"]
 
 
 def s3_answer(call: Any) -> str:
@@ -261,7 +299,7 @@ def test_down_keeps_the_data_volumes(stack: dict[str, Any], logged: dict[str, An
     # runs, and artifacts in both stores.
     up = aie("up", "-e", stack["extra"])
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{PORTS['aie_mlflow_port']}")
+    client = MlflowClient(tracking_uri=MLFLOW_URL)
     assert client.get_run(logged["notebooks-sftp"]["run_id"]).data.params == {"learning_rate": "0.01"}
     test_s3_artifact_is_in_the_bucket(stack, logged)
     test_sftp_artifact_is_in_the_sftp_volume(logged)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import threading
 import time
 import urllib.error
@@ -26,14 +27,14 @@ from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from conftest import PORTS, PREFIX, PROJECT, aie, jupyter_exec, run, s3_client
+from conftest import MLFLOW_URL, PORTS, PREFIX, PROJECT, aie, jupyter_exec, run, s3_client, tls_ca
 
 NOTEBOOK = "/home/aie/work/conv-net-in-keras.ipynb"
 MODEL = "conv-net-digits"
 EPOCHS = 6
 EXPERIMENTS = ("notebooks-sftp", "notebooks-s3")
 ARTIFACTS = PROJECT / "test-artifacts"
-MLFLOW = f"http://127.0.0.1:{PORTS['aie_mlflow_port']}"
+MLFLOW = MLFLOW_URL
 
 
 def papermill(experiment: str, **parameters: object) -> tuple[int, list[str], float]:
@@ -233,10 +234,11 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrad
 
 
 @contextlib.contextmanager
-def signed_in(upstream: str, username: str, password: str) -> Iterator[str]:
-    """A local HTTP proxy to upstream that signs every request in with basic auth: what a browser
-    does once its user has answered the sign-in prompt. Headless Chromium cannot answer that
-    prompt, and the MLflow UI's own requests refuse a URL holding credentials."""
+def signed_in(upstream: str, username: str, password: str, tls: ssl.SSLContext) -> Iterator[str]:
+    """A local HTTP proxy to upstream (HTTPS, checked with tls) that signs every request in with
+    basic auth: what a browser does once its user has answered the sign-in prompt. Headless
+    Chromium cannot answer that prompt, and the MLflow UI's own requests refuse a URL holding
+    credentials."""
     token = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
     class Forward(http.server.BaseHTTPRequestHandler):
@@ -249,7 +251,7 @@ def signed_in(upstream: str, username: str, password: str) -> Iterator[str]:
                                              method=self.command, headers={**headers, "Authorization": token})
             for attempt in range(3):
                 try:
-                    answer = urllib.request.urlopen(request, timeout=60)
+                    answer = urllib.request.urlopen(request, timeout=60, context=tls)
                 except urllib.error.HTTPError as error:
                     answer = error
                 except (http.client.HTTPException, OSError):
@@ -296,12 +298,13 @@ def test_the_mlflow_ui_shows_the_experiment_and_the_run(
     result = trained["notebooks-s3"]
     experiment_id = client.get_run(result["run_id"]).info.experiment_id
     run_name = client.get_run(result["run_id"]).info.run_name
+    tls = ssl.create_default_context(cafile=str(tls_ca(stack["keys"])))
     # Not signed in, the UI is not even sent: the answer asks the browser for a user and password.
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(f"{MLFLOW}/", timeout=30)  # noqa: S310
+        urllib.request.urlopen(f"{MLFLOW}/", timeout=30, context=tls)  # noqa: S310
     assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"] == 'Basic realm="mlflow"'
     password = (stack["keys"] / "secrets" / "mlflow_admin_password").read_text().split()[0]
-    with signed_in(MLFLOW, "admin", password) as ui:
+    with signed_in(MLFLOW, "admin", password, tls) as ui:
         dom = browse(f"{ui}/#/experiments/{experiment_id}/runs/{result['run_id']}", "mlflow-run.png")
         assert run_name in dom
         dom = browse(f"{ui}/#/experiments/{experiment_id}", "mlflow-experiment.png")

@@ -13,12 +13,11 @@ import re
 import subprocess
 import threading
 import time
-import urllib.request
 from typing import Any
 
 import pytest
 
-from conftest import PORTS, PREFIX, aie, in_jupyterlab, jupyter_exec, run, write_vars
+from conftest import PREFIX, aie, in_jupyterlab, jupyter_exec, mlflow_status, run, write_vars
 
 VOLUMES = [f"{PREFIX}-{name}" for name in ("mlflow-data", "sftp-data", "minio-data")]
 
@@ -133,11 +132,7 @@ def restore(stack: dict[str, Any], *args: str) -> subprocess.CompletedProcess[st
 
 
 def mlflow_answers() -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{PORTS['aie_mlflow_port']}/health", timeout=10) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
+    return mlflow_status("/health") == 200
 
 
 @pytest.fixture(scope="module")
