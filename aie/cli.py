@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -236,16 +237,18 @@ def _predict(project_dir: Path, inventory: Path, extra: list[str], args: argpars
         record = json.loads(path.read_text())
         body = payload if payload is not None else json.dumps(record["example"])
         print(f"# {record['model_uri']} ({record['served_as']}) on {path.stem}", file=sys.stderr)
-        print(json.dumps(_invoke(record["url"], body)))
+        print(json.dumps(_invoke(record["url"], body, record.get("ca_bundle"))))
     return 0
 
 
-def _invoke(url: str, body: str) -> object:
-    """POST one request to a model server's /invocations; its JSON answer."""
+def _invoke(url: str, body: str, ca_bundle: str | None = None) -> object:
+    """POST one request to a model server's /invocations, its certificate checked against
+    ca_bundle (the deployment's CA) when given; its JSON answer."""
     request = urllib.request.Request(f"{url}/invocations", data=body.encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
+    tls = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - the recorded http URL
+        with urllib.request.urlopen(request, timeout=60, context=tls) as response:  # noqa: S310 - the recorded URL
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         detail = error.read().decode(errors="replace")

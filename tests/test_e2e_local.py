@@ -147,22 +147,25 @@ def test_mlflow_answers_only_its_accounts(stack: dict[str, Any], logged: dict[st
     }
 
 
-def test_mlflow_speaks_only_https_with_the_deployments_ca(stack: dict[str, Any], logged: dict[str, Any]) -> None:
+def test_http_services_speak_only_https_with_the_deployments_ca(stack: dict[str, Any], logged: dict[str, Any]) -> None:
     from cryptography import x509
 
     keys: Path = stack["keys"]
-    plain = f"http://127.0.0.1:{PORTS['aie_mlflow_port']}/health"
-    # A client without the CA (the system's authorities only) refuses the certificate.
-    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
-        urllib.request.urlopen(f"{MLFLOW_URL}/health", timeout=30)  # noqa: S310
-    answers = {"https with the CA": http_status(f"{MLFLOW_URL}/health", cafile=tls_ca(keys)),
-               "plain http": http_status(plain)}
-    assert answers == {"https with the CA": 200, "plain http": 0}
-    # The host's certificate names what clients use (the container's name on the Docker network,
+    answers = {}
+    for service, path in (("mlflow", "/health"), ("jupyterlab", "/api")):
+        port = PORTS[f"aie_{service}_port"]
+        # A client without the CA (the system's authorities only) refuses the certificate.
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", timeout=30)  # noqa: S310
+        answers[service] = {"https with the CA": http_status(f"https://127.0.0.1:{port}{path}", cafile=tls_ca(keys)),
+                            "plain http": http_status(f"http://127.0.0.1:{port}{path}")}
+    assert answers == {service: {"https with the CA": 200, "plain http": 0} for service in ("mlflow", "jupyterlab")}
+    # The host's certificate names what clients use (the containers' names on the Docker network,
     # the published address), and is signed by the CA, whose key stays in the secrets folder.
     certificate = x509.load_pem_x509_certificate((keys / "tls" / "localhost.pem").read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert {f"{PREFIX}-mlflow", "localhost"} <= set(names.get_values_for_type(x509.DNSName))
+    assert {f"{PREFIX}-mlflow", f"{PREFIX}-jupyterlab", f"{PREFIX}-serving", "localhost"} <= set(
+        names.get_values_for_type(x509.DNSName))
     assert "127.0.0.1" in {str(address) for address in names.get_values_for_type(x509.IPAddress)}
     ca = x509.load_pem_x509_certificate(tls_ca(keys).read_bytes())
     certificate.verify_directly_issued_by(ca)

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from conftest import MLFLOW_URL, PORTS, PREFIX, PROJECT, aie, jupyter_exec, run, s3_client, tls_ca
+from conftest import MLFLOW_URL, PORTS, PREFIX, PROJECT, aie, http_status, jupyter_exec, run, s3_client, tls_ca
 
 NOTEBOOK = "/home/aie/work/conv-net-in-keras.ipynb"
 MODEL = "conv-net-digits"
@@ -162,6 +162,12 @@ def test_the_served_model_answers_and_follows_the_alias(
     serve = aie("serve", "-e", stack["extra"])
     assert serve.returncode == 0, serve.stdout[-3000:] + serve.stderr[-3000:]
     assert served_version() == trained["notebooks-s3"]["model_version"]
+    # aie predict calls the model over HTTPS, checking its certificate against the deployment's CA.
+    record = json.loads((stack["keys"] / "serving" / "localhost.json").read_text())
+    assert (record["url"], record["ca_bundle"]) == (f"https://localhost:{PORTS['aie_serving_port']}",
+                                                    str(tls_ca(stack["keys"])))
+    # Nothing answers plain HTTP on its port.
+    assert http_status(f"http://localhost:{PORTS['aie_serving_port']}/ping") == 0
     assert served_predictions(stack, tmp_path) == trained["notebooks-s3"]["sample_predictions"]
     # The model's own input example, when no request is given.
     example = aie("predict", "-e", stack["extra"], timeout=300)
@@ -212,17 +218,29 @@ def chromium() -> str:
     return found
 
 
-def browse(url: str, screenshot: str) -> str:
-    """Render url in headless Chromium; keep a screenshot; return the rendered DOM."""
+def trusting(ca: Path, home: Path) -> dict[str, str]:
+    """The environment of a browser that trusts ca as its user would after the README's step:
+    a home whose NSS database (where Chromium on Linux looks) holds the CA."""
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True)
+    for step in (["-N", "--empty-password"], ["-A", "-t", "C,,", "-n", "aie CA", "-i", str(ca)]):
+        done = run(["certutil", "-d", f"sql:{nssdb}", *step], timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return {"HOME": str(home)}
+
+
+def browse(url: str, screenshot: str, env: dict[str, str] | None = None) -> str:
+    """Render url in headless Chromium (with env, e.g. trusting()); keep a screenshot; return the
+    rendered DOM."""
     ARTIFACTS.mkdir(exist_ok=True)
     common = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
               "--window-size=1400,900", "--virtual-time-budget=15000"]
     with_profile = lambda: [f"--user-data-dir=/tmp/aie-chromium-{uuid.uuid4().hex}"]  # noqa: E731
-    shot = run([*common, *with_profile(), f"--screenshot={ARTIFACTS / screenshot}", url], timeout=180)
+    shot = run([*common, *with_profile(), f"--screenshot={ARTIFACTS / screenshot}", url], timeout=180, extra_env=env)
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert (ARTIFACTS / screenshot).stat().st_size > 10_000
-    dom = run([*common, *with_profile(), "--dump-dom", url], timeout=180)
+    dom = run([*common, *with_profile(), "--dump-dom", url], timeout=180, extra_env=env)
     assert dom.returncode == 0, dom.stderr[-2000:]
     return dom.stdout
 
@@ -311,10 +329,16 @@ def test_the_mlflow_ui_shows_the_experiment_and_the_run(
         assert "notebooks-s3" in dom
 
 
-def test_jupyterlab_opens_with_its_token(stack: dict[str, Any], trained: dict[str, dict[str, Any]]) -> None:
+def test_jupyterlab_opens_over_https_with_its_token(
+    stack: dict[str, Any], trained: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
     token = (stack["keys"] / "secrets" / "jupyterlab_token").read_text().split()[0]
-    port = PORTS["aie_jupyterlab_port"]
-    dom = browse(f"http://127.0.0.1:{port}/lab/tree/conv-net-in-keras.ipynb?token={token}", "jupyterlab.png")
+    lab = f"https://localhost:{PORTS['aie_jupyterlab_port']}/lab"
+    trusted = trusting(tls_ca(stack["keys"]), tmp_path / "home")
+    dom = browse(f"{lab}/tree/conv-net-in-keras.ipynb?token={token}", "jupyterlab.png", trusted)
     assert "conv-net-in-keras.ipynb" in dom
-    refused = browse(f"http://127.0.0.1:{port}/lab?token=wrong-token", "jupyterlab-wrong-token.png")
+    refused = browse(f"{lab}?token=wrong-token", "jupyterlab-wrong-token.png", trusted)
     assert "conv-net-in-keras.ipynb" not in refused
+    # A browser that does not trust the CA gets Chromium's warning page, not JupyterLab.
+    untrusted = browse(f"{lab}/tree/conv-net-in-keras.ipynb?token={token}", "jupyterlab-untrusted.png")
+    assert "conv-net-in-keras.ipynb" not in untrusted
