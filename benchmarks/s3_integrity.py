@@ -45,7 +45,7 @@ def payload(index: int, source: bytes) -> bytes:
 
 
 def client(args: argparse.Namespace) -> Any:
-    return boto3.client("s3", endpoint_url=args.endpoint, region_name="us-east-1",
+    return boto3.client("s3", endpoint_url=args.endpoint, region_name="us-east-1", verify=str(args.ca),
                         config=Config(s3={"addressing_style": "path"}))
 
 
@@ -117,8 +117,9 @@ def throughput(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--endpoint", default="http://127.0.0.1:9000")
+    parser.add_argument("--endpoint", default="https://127.0.0.1:9000")
     parser.add_argument("--keys-dir", type=Path, default=Path(__file__).resolve().parents[1] / "files/keys")
+    parser.add_argument("--ca", type=Path, help="CA bundle of the endpoint (default: the keys folder's tls/ca.pem)")
     parser.add_argument("--bucket", default="ai-models")
     parser.add_argument("--uploads", type=int, default=48)
     parser.add_argument("--clients", type=int, default=4)
@@ -126,6 +127,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     secrets = args.keys_dir / "secrets"
+    args.ca = args.ca or args.keys_dir / "tls" / "ca.pem"
+    # MLflow's S3 store (throughput below) checks the server's certificate against it too.
+    os.environ.setdefault("AWS_CA_BUNDLE", str(args.ca))
     # The artifact clients' account, the one MLflow and the notebooks use.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", (secrets / "s3_client_access_key").read_text().split()[0])
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", (secrets / "s3_client_secret_key").read_text().split()[0])

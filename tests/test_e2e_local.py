@@ -152,29 +152,33 @@ def test_http_services_speak_only_https_with_the_deployments_ca(stack: dict[str,
 
     keys: Path = stack["keys"]
     answers = {}
-    for service, path in (("mlflow", "/health"), ("jupyterlab", "/api")):
+    for service, path in (("mlflow", "/health"), ("jupyterlab", "/api"), ("s3", "/")):
         port = PORTS[f"aie_{service}_port"]
         # A client without the CA (the system's authorities only) refuses the certificate.
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
             urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", timeout=30)  # noqa: S310
         answers[service] = {"https with the CA": http_status(f"https://127.0.0.1:{port}{path}", cafile=tls_ca(keys)),
                             "plain http": http_status(f"http://127.0.0.1:{port}{path}")}
-    assert answers == {service: {"https with the CA": 200, "plain http": 0} for service in ("mlflow", "jupyterlab")}
+    # (S3 refuses an anonymous listing: an S3 answer all the same.)
+    assert answers == {"mlflow": {"https with the CA": 200, "plain http": 0},
+                       "jupyterlab": {"https with the CA": 200, "plain http": 0},
+                       "s3": {"https with the CA": 403, "plain http": 0}}
     # The host's certificate names what clients use (the containers' names on the Docker network,
     # the published address), and is signed by the CA, whose key stays in the secrets folder.
     certificate = x509.load_pem_x509_certificate((keys / "tls" / "localhost.pem").read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert {f"{PREFIX}-mlflow", f"{PREFIX}-jupyterlab", f"{PREFIX}-serving", "localhost"} <= set(
+    assert {f"{PREFIX}-mlflow", f"{PREFIX}-jupyterlab", f"{PREFIX}-serving", f"{PREFIX}-minio", "localhost"} <= set(
         names.get_values_for_type(x509.DNSName))
     assert "127.0.0.1" in {str(address) for address in names.get_values_for_type(x509.IPAddress)}
     ca = x509.load_pem_x509_certificate(tls_ca(keys).read_bytes())
     certificate.verify_directly_issued_by(ca)
     assert (keys / "secrets" / "tls_ca.key").stat().st_mode & 0o077 == 0
     assert (keys / "tls" / "localhost.key").stat().st_mode & 0o077 == 0
-    # Inside the clients' containers, MLflow is reached over HTTPS with that CA.
-    env = run(["docker", "exec", f"{PREFIX}-jupyterlab", "printenv", "MLFLOW_TRACKING_URI",
-               "MLFLOW_TRACKING_SERVER_CERT_PATH"], timeout=60).stdout.split()
-    assert env == [f"https://{PREFIX}-mlflow:5000", "/etc/aie/tls/ca.pem"]
+    # Inside the clients' containers, MLflow and S3 are reached over HTTPS with that CA.
+    names = ["MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_S3_ENDPOINT_URL", "AWS_CA_BUNDLE"]
+    env = run(["docker", "exec", f"{PREFIX}-jupyterlab", "printenv", *names], timeout=60).stdout.split()
+    assert env == [f"https://{PREFIX}-mlflow:5000", "/etc/aie/tls/ca.pem", f"https://{PREFIX}-minio:9000",
+                   "/etc/aie/tls/ca.pem"]
 
 
 def s3_answer(call: Any) -> str:

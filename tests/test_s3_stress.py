@@ -15,8 +15,6 @@ import io
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,7 +22,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import PORTS, PREFIX, PROJECT, aie, jupyter_exec, run, s3_client
+from conftest import PORTS, PREFIX, PROJECT, aie, http_status, jupyter_exec, run, s3_client, tls_ca
 
 # The benchmark's workload: the same objects, measured there, asserted here.
 sys.path.insert(0, str(PROJECT / "benchmarks"))
@@ -177,11 +175,10 @@ def test_s3_refuses_requests_without_the_keys(stack: dict[str, Any]) -> None:
     s3_client(stack["keys"]).put_object(Bucket=BUCKET, Key=key, Body=b"private")
     try:
         for path in (f"/{BUCKET}/{key}", f"/{BUCKET}"):  # an object, the bucket's listing
-            with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(f"http://127.0.0.1:{PORTS['aie_s3_port']}{path}", timeout=30)
-            assert refused.value.code == 403, path
+            assert http_status(f"https://127.0.0.1:{PORTS['aie_s3_port']}{path}", cafile=tls_ca(stack["keys"])) == 403
         wrong = boto3.client(
-            "s3", endpoint_url=f"http://127.0.0.1:{PORTS['aie_s3_port']}", region_name="us-east-1",
+            "s3", endpoint_url=f"https://127.0.0.1:{PORTS['aie_s3_port']}", region_name="us-east-1",
+            verify=str(tls_ca(stack["keys"])),
             aws_access_key_id=(stack["keys"] / "secrets" / "s3_access_key").read_text().split()[0],
             aws_secret_access_key="not-the-secret-key-of-this-deployment",
         )

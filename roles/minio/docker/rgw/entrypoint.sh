@@ -4,7 +4,7 @@
 #                 then moves in the objects of a former dbstore deployment found on the volume;
 #   every start   writes ceph.conf, starts the monitor and the OSD, creates the S3 user once
 #                 (refusing other credentials than the user's), creates or re-keys the artifact
-#                 clients' user, then serves S3 on port 9000.
+#                 clients' user, then serves S3 on port 9000 (HTTPS when given a certificate).
 # Any daemon that stops takes the container down with it, so Docker restarts the whole set.
 set -euo pipefail
 # Objects, keys and the monitor's store are for the ceph user alone.
@@ -193,7 +193,17 @@ if $fresh && [ -f "$DATA/${DBSTORE_FILES[0]}" ]; then
     /usr/local/sbin/aie-rgw-migrate-dbstore "$DATA" || { stop_all; exit 1; }
 fi
 
-radosgw -f -n client.rgw "${as_ceph[@]}" --rgw-frontends "beast port=$PORT" &
+# HTTPS only, with the host's certificate when the deployment mounts one (a container started
+# without it, as the tests' stand-in for an external S3 service, serves plain HTTP). The gateway
+# runs as ceph: it reads its own copy of the key, the mounted one being root's.
+if [ -f /etc/aie/tls/cert.pem ]; then
+    install -d -o ceph -g ceph -m 0700 /run/ceph/tls
+    install -o ceph -g ceph -m 0600 /etc/aie/tls/cert.pem /etc/aie/tls/key.pem /run/ceph/tls/
+    frontend="beast ssl_port=$PORT ssl_certificate=/run/ceph/tls/cert.pem ssl_private_key=/run/ceph/tls/key.pem"
+else
+    frontend="beast port=$PORT"
+fi
+radosgw -f -n client.rgw "${as_ceph[@]}" --rgw-frontends "$frontend" &
 set +e
 wait -n
 rc=$?
