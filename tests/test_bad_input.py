@@ -163,3 +163,16 @@ def test_a_host_without_room_for_the_images_is_refused(tmp_path: Path, docker_en
     output = deploy(tmp_path, aie_disk_gib_first_build=1_000_000, aie_disk_gib_always=1_000_000)
     assert "localhost has " in output and " GiB free in Docker's data root" in output
     assert "1000000 GiB are needed" in output
+
+
+@pytest.mark.parametrize("settings", [
+    {"aie_tls_certificate": "{tmp}/no-such-certificate.pem", "aie_tls_private_key": "{tmp}/no-such-key.pem"},
+    {"aie_tls_certificate": "{tmp}/own.pem"},
+    {"aie_tls_days": 20, "aie_tls_renew_days": 30},
+], ids=["missing files", "certificate without its key", "renewal after expiry"])
+def test_bad_https_settings_are_refused(tmp_path: Path, settings: dict[str, object]) -> None:
+    (tmp_path / "own.pem").write_text("a certificate of the user's own\n")
+    output = deploy(tmp_path, **{name: str(value).format(tmp=tmp_path) if isinstance(value, str) else value
+                                 for name, value in settings.items()})
+    assert "HTTPS settings of localhost" in output
+    assert all(str(value).format(tmp=tmp_path) in output for value in settings.values())
