@@ -159,10 +159,10 @@ def test_http_services_speak_only_https_with_the_deployments_ca(stack: dict[str,
             urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", timeout=30)  # noqa: S310
         answers[service] = {"https with the CA": http_status(f"https://127.0.0.1:{port}{path}", cafile=tls_ca(keys)),
                             "plain http": http_status(f"http://127.0.0.1:{port}{path}")}
-    # (S3 refuses an anonymous listing: an S3 answer all the same.)
-    assert answers == {"mlflow": {"https with the CA": 200, "plain http": 0},
-                       "jupyterlab": {"https with the CA": 200, "plain http": 0},
-                       "s3": {"https with the CA": 403, "plain http": 0}}
+    # (S3 answers an anonymous listing with no bucket, or refuses it: an S3 answer either way.)
+    answered = {"mlflow": {200}, "jupyterlab": {200}, "s3": {200, 403}}
+    assert all(answers[name]["https with the CA"] in answered[name] and answers[name]["plain http"] == 0
+               for name in answered), answers
     # The host's certificate names what clients use (the containers' names on the Docker network,
     # the published address), and is signed by the CA, whose key stays in the secrets folder.
     certificate = x509.load_pem_x509_certificate((keys / "tls" / "localhost.pem").read_bytes())
