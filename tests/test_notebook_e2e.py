@@ -238,11 +238,11 @@ def browse(url: str, screenshot: str | None, env: dict[str, str] | None = None) 
               "--window-size=1400,900", "--virtual-time-budget=15000"]
     with_profile = lambda: [f"--user-data-dir=/tmp/aie-chromium-{uuid.uuid4().hex}"]  # noqa: E731
     if screenshot is not None:
-        shot = run([*common, *with_profile(), f"--screenshot={ARTIFACTS / screenshot}", url], timeout=180,
+        shot = run([*common, *with_profile(), f"--screenshot={ARTIFACTS / screenshot}", url], timeout=300,
                    extra_env=env)
         assert shot.returncode == 0, shot.stderr[-2000:]
         assert (ARTIFACTS / screenshot).stat().st_size > 10_000
-    dom = run([*common, *with_profile(), "--dump-dom", url], timeout=180, extra_env=env)
+    dom = run([*common, *with_profile(), "--dump-dom", url], timeout=300, extra_env=env)
     assert dom.returncode == 0, dom.stderr[-2000:]
     return dom.stdout
 
