@@ -1,4 +1,5 @@
-"""Molecule scenarios: each role on a test host of its own, and site.yml across four hosts.
+"""Molecule scenarios: the shared roles on a bare test host, and site.yml across four hosts (each
+service role on a test host of its own).
 
 Every test host is a container with its own Docker engine and sshd (molecule/resources);
 each scenario runs check mode, converge, idempotence (changed=0) and a user-like verify.
@@ -13,7 +14,7 @@ import pytest
 
 from conftest import BIN, PROJECT, run
 
-SCENARIOS = ["prerequisites", "sftp", "minio", "mlflow", "jupyterlab", "multihost"]
+SCENARIOS = ["prerequisites", "multihost"]
 
 
 def remove_engine_volumes(scenario: str) -> None:
