@@ -2,8 +2,8 @@
 
 This is the one place that computes service addresses. A service is reached through the
 Docker network (its container name and internal port) from hosts that share its Docker
-engine, and through its host's address and published port from every other host. A service
-with an `external` URL (the S3 server with `minio_engine: external`) runs on no inventory host:
+engine, and through its host's address and published port from every other host (and from
+people: `public`, what `aie status` shows). A service with an `external` URL (the S3 server with `minio_engine: external`) runs on no inventory host:
 every client reaches it at that URL. A service with `tls` set serves HTTPS: its endpoints carry
 an https `url`, and its host's certificate names every host and address clients use for it
 (`aie_tls_names`).
@@ -25,8 +25,8 @@ def _external(url: str) -> dict[str, Any]:
     if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise ValueError(f"not an http(s) URL with a host: {url!r}")
     port = parts.port or _DEFAULT_PORTS[parts.scheme]
-    address = {"host": parts.hostname, "port": port}
-    return {"server": "", **address, "from_host": dict(address), "url": url.rstrip("/")}
+    address = {"host": parts.hostname, "port": port, "url": url.rstrip("/")}
+    return {"server": "", **address, "from_host": dict(address), "public": dict(address)}
 
 
 def _with_url(address: dict[str, Any], scheme: str) -> dict[str, Any]:
@@ -55,7 +55,8 @@ def aie_endpoints(
     groups: Mapping[str, list[str]],
 ) -> dict[str, dict[str, Any]]:
     """Return, for each deployed service, the host and port containers on `client` use to
-    reach it, and (`from_host`) the ones processes on the host itself use."""
+    reach it, (`from_host`) the ones processes on the host itself use, and (`public`) its
+    host's address and published port. HTTP services have a `url` in each."""
     endpoints: dict[str, dict[str, Any]] = {}
     for name, service in services.items():
         if service.get("external"):
@@ -73,12 +74,14 @@ def aie_endpoints(
         else:
             host, port = _address(server, hostvars), published
             from_host = {"host": host, "port": port}
-        endpoint = {"server": server, "host": host, "port": port, "from_host": from_host}
+        public = {"host": _address(server, hostvars), "port": published}
+        endpoint = {"server": server, "host": host, "port": port, "from_host": from_host, "public": public}
         if "health" in service and "path" in service["health"]:
             # An HTTP service: the URLs clients use.
             scheme = "https" if service.get("tls") else "http"
             endpoint = _with_url(endpoint, scheme)
             endpoint["from_host"] = _with_url(from_host, scheme)
+            endpoint["public"] = _with_url(public, scheme)
         endpoints[name] = endpoint
     return endpoints
 

@@ -36,7 +36,8 @@ def test_one_host_uses_the_docker_network(aie_filters: ModuleType) -> None:
     groups = {"mlflow": ["localhost"], "sftp": ["localhost"], "minio": ["localhost"]}
     endpoints = aie_filters.aie_endpoints(SERVICES, "localhost", hostvars, groups)
     assert endpoints["sftp"] == {
-        "server": "localhost", "host": "aie-sftp", "port": 22, "from_host": {"host": "127.0.0.1", "port": 2222}
+        "server": "localhost", "host": "aie-sftp", "port": 22, "from_host": {"host": "127.0.0.1", "port": 2222},
+        "public": {"host": "localhost", "port": 2222},
     }
     assert endpoints["mlflow"]["host"] == "aie-mlflow" and endpoints["mlflow"]["port"] == 5000
 
@@ -52,7 +53,8 @@ def test_separate_hosts_use_address_and_published_port(aie_filters: ModuleType) 
     assert endpoints["mlflow"]["host"] == "aie-mlflow" and endpoints["mlflow"]["port"] == 5000
     assert endpoints["mlflow"]["from_host"] == {"host": "127.0.0.1", "port": 5500}
     assert endpoints["sftp"] == {
-        "server": "s1", "host": "10.1.0.11", "port": 2222, "from_host": {"host": "10.1.0.11", "port": 2222}
+        "server": "s1", "host": "10.1.0.11", "port": 2222, "from_host": {"host": "10.1.0.11", "port": 2222},
+        "public": {"host": "10.1.0.11", "port": 2222},
     }
     assert endpoints["s3"]["host"] == "s3.example.org" and endpoints["s3"]["port"] == 9000
     from_sftp = aie_filters.aie_endpoints_of(SERVICES, "sftp", ["m1", "s1"], hostvars, groups)
@@ -75,6 +77,9 @@ def test_https_services_have_https_urls_and_certificates_that_name_every_client_
     assert "url" not in from_j1["sftp"]
     from_m1 = aie_filters.aie_endpoints(services, "m1", hostvars, groups)["mlflow"]
     assert (from_m1["url"], from_m1["from_host"]["url"]) == ("https://aie-mlflow:5000", "https://127.0.0.1:5500")
+    # What people open (`aie status`): the host's advertised name and published port, from any host.
+    assert from_m1["public"] == from_j1["mlflow"]["public"] == {
+        "host": "mlflow.example.org", "port": 5500, "url": "https://mlflow.example.org:5500"}
     # The MLflow host's certificate: its container name, its advertised name, loopback, and what
     # is given (its address on the network); the hosts without an HTTPS service need none.
     assert aie_filters.aie_tls_names(services, "m1", hostvars, groups, ["10.1.0.10", ""]) == [
@@ -107,8 +112,8 @@ def test_an_external_service_is_reached_at_its_url_from_every_host(aie_filters: 
     groups = {"mlflow": ["m1"], "sftp": ["m1"], "minio": [], "jupyterlab": ["j1"]}
     for client in ("m1", "j1"):
         s3 = aie_filters.aie_endpoints(services, client, hostvars, groups)["s3"]
-        assert s3 == {"server": "", "host": "s3.example.org", "port": 8443,
-                      "from_host": {"host": "s3.example.org", "port": 8443}, "url": "https://s3.example.org:8443"}
+        address = {"host": "s3.example.org", "port": 8443, "url": "https://s3.example.org:8443"}
+        assert s3 == {"server": "", **address, "from_host": address, "public": address}
     plain = {"s3": {**SERVICES["s3"], "external": "http://ceph-rgw.lan"}}
     assert aie_filters.aie_endpoints(plain, "m1", hostvars, groups)["s3"]["port"] == 80
     assert aie_filters.aie_required_groups(services) == ["mlflow", "sftp"]
