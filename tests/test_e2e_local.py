@@ -147,10 +147,33 @@ def test_mlflow_answers_only_its_accounts(stack: dict[str, Any], logged: dict[st
     }
 
 
-def test_http_services_speak_only_https_with_the_deployments_ca(stack: dict[str, Any], logged: dict[str, Any]) -> None:
+def another_ca(path: Path, subject: Any) -> Path:
+    """Someone else's CA under the deployment CA's name (subject), with another key: a client that
+    trusts only it must refuse the deployment's certificates."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now)
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_http_services_speak_only_https_with_the_deployments_ca(
+    stack: dict[str, Any], logged: dict[str, Any], tmp_path: Path
+) -> None:
     from cryptography import x509
 
     keys: Path = stack["keys"]
+    other = another_ca(tmp_path / "other-ca.pem", x509.load_pem_x509_certificate(tls_ca(keys).read_bytes()).subject)
     answers = {}
     for service, path in (("mlflow", "/health"), ("jupyterlab", "/api"), ("s3", "/")):
         port = PORTS[f"aie_{service}_port"]
@@ -158,11 +181,12 @@ def test_http_services_speak_only_https_with_the_deployments_ca(stack: dict[str,
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
             urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", timeout=30)  # noqa: S310
         answers[service] = {"https with the CA": http_status(f"https://127.0.0.1:{port}{path}", cafile=tls_ca(keys)),
+                            "https with another CA": http_status(f"https://127.0.0.1:{port}{path}", cafile=other),
                             "plain http": http_status(f"http://127.0.0.1:{port}{path}")}
     # (S3 answers an anonymous listing with no bucket, or refuses it: an S3 answer either way.)
     answered = {"mlflow": {200}, "jupyterlab": {200}, "s3": {200, 403}}
     assert all(answers[name]["https with the CA"] in answered[name] and answers[name]["plain http"] == 0
-               for name in answered), answers
+               and answers[name]["https with another CA"] == 0 for name in answered), answers
     # The host's certificate names what clients use (the containers' names on the Docker network,
     # the published address), and is signed by the CA, whose key stays in the secrets folder.
     certificate = x509.load_pem_x509_certificate((keys / "tls" / "localhost.pem").read_bytes())
