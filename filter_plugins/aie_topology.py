@@ -2,11 +2,11 @@
 
 This is the one place that computes service addresses. A service is reached through the
 Docker network (its container name and internal port) from hosts that share its Docker
-engine, and through its host's address and published port from every other host (and from
-people: `public`, what `aie status` shows). A service with an `external` URL (the S3 server with `minio_engine: external`) runs on no inventory host:
-every client reaches it at that URL. A service with `tls` set serves HTTPS: its endpoints carry
-an https `url`, and its host's certificate names every host and address clients use for it
-(`aie_tls_names`).
+engine, and through its host's address and published port from every other host (and by
+people: `public`, what `aie status` shows). A service with an `external` URL (the S3 server
+with `minio_engine: external`) runs on no inventory host: every client reaches it at that URL.
+A service with `tls` set serves HTTPS: its endpoints carry an https `url`, and its host's
+certificate names every host and address clients use for it (`aie_tls_names`).
 """
 
 from __future__ import annotations
