@@ -266,9 +266,13 @@ def _invoke(url: str, body: str, ca_bundle: str | None = None) -> object:
 def _backup(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
     result = _run("playbooks/backup.yml", project_dir, inventory, extra, args)
     for host, report in sorted(result.facts.items()):
-        done = report["backup"]
-        print(f"{host}: snapshot {str(done['snapshot'])[:8]}, {done['files']} files, "
-              f"{_size(done['bytes'])} read, {_size(done['added_bytes'])} added, {done['seconds']} s")
+        done = report.get("backup")
+        if done:
+            print(f"{host}: snapshot {str(done['snapshot'])[:8]}, {done['files']} files, "
+                  f"{_size(done['bytes'])} read, {_size(done['added_bytes'])} added, {done['seconds']} s")
+        pruned = report.get("prune")
+        if pruned:
+            print(f"{host}: pruned the repository, {pruned['snapshots']} snapshots kept, {pruned['seconds']} s")
     return 0
 
 

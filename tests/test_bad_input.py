@@ -138,7 +138,7 @@ def test_a_bad_experiment_list_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("schedule", ["every day", "17 3 * *"])
 def test_a_bad_backup_schedule_is_refused(tmp_path: Path, schedule: str) -> None:
     output = deploy(tmp_path, aie_backup_schedule=schedule)
-    assert "aie_backup_schedule must be five cron fields" in output and schedule in output
+    assert "aie_backup_schedule and aie_backup_prune_schedule must be five cron fields" in output and schedule in output
 
 
 @pytest.mark.parametrize(

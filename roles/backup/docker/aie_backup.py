@@ -6,7 +6,10 @@ the backup role); the volumes are mounted at /volumes/<name>.
 
     aie-backup init                    create the repository unless it exists
     aie-backup backup                  one consistent snapshot of every volume, then
-                                       retention (forget --prune) and `restic check`
+                                       retention (forget --prune, unless the repository is
+                                       on a backup host) and `restic check`
+    aie-backup prune                   on the backup host: retention for every host's
+                                       snapshots, then `restic check`
     aie-backup snapshots               the snapshots of this deployment, as JSON
     aie-backup occupied                the volumes that hold data, as JSON
     aie-backup restore SNAPSHOT [--force]
@@ -57,6 +60,10 @@ def load_config() -> dict[str, Any]:
 def restic_env(config: dict[str, Any]) -> dict[str, str]:
     env = dict(os.environ, RESTIC_REPOSITORY=config["repository"], RESTIC_PASSWORD_FILE=config["password_file"])
     env.setdefault("RESTIC_CACHE_DIR", "/var/cache/restic")
+    if "rest_user" in config:
+        # This host's account on the backup host's REST server (restic reads these two).
+        env["RESTIC_REST_USERNAME"] = config["rest_user"]
+        env["RESTIC_REST_PASSWORD"] = Path(config["rest_password_file"]).read_text().strip()
     return env
 
 
@@ -190,12 +197,8 @@ def backup(config: dict[str, Any]) -> None:
     summary: dict[str, Any] = next(
         (m for m in map(json.loads, result.stdout.splitlines()) if m.get("message_type") == "summary"), {}
     )
-    keep = config["keep"]
-    restic(
-        config, "forget", "--retry-lock", "10m", "--host", config["host"], "--tag", config["tag"],
-        "--keep-daily", str(keep["daily"]), "--keep-weekly", str(keep["weekly"]),
-        "--keep-monthly", str(keep["monthly"]), "--prune",
-    )
+    if config.get("prune", True):
+        forget(config, "--host", config["host"])
     restic(config, "check", "--retry-lock", "10m")
     print(json.dumps({
         "snapshot": summary.get("snapshot_id"),
@@ -205,6 +208,29 @@ def backup(config: dict[str, Any]) -> None:
         "databases": copied,
         "seconds": round(time.monotonic() - started, 1),
     }))
+
+
+def forget(config: dict[str, Any], *selection: str) -> None:
+    """Retention: the snapshots of this deployment (tag) beyond the kept ones, per host."""
+    keep = config["keep"]
+    restic(
+        config, "forget", "--retry-lock", "10m", *selection, "--tag", config["tag"], "--group-by", "host,tags",
+        "--keep-daily", str(keep["daily"]), "--keep-weekly", str(keep["weekly"]),
+        "--keep-monthly", str(keep["monthly"]), "--prune",
+    )
+
+
+def prune(config: dict[str, Any]) -> None:
+    """Retention for every host, where the repository is (the backup host): the data hosts' own
+    accounts may only add snapshots."""
+    started = time.monotonic()
+    if not repository_exists(config):
+        print(json.dumps({"snapshots": 0, "seconds": 0.0}))
+        return
+    forget(config)
+    restic(config, "check", "--retry-lock", "10m")
+    left = json.loads(restic(config, "snapshots", "--json", "--tag", config["tag"]).stdout or "[]")
+    print(json.dumps({"snapshots": len(left), "seconds": round(time.monotonic() - started, 1)}))
 
 
 def snapshots(config: dict[str, Any]) -> None:
@@ -271,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("init")
     commands.add_parser("backup")
+    commands.add_parser("prune")
     commands.add_parser("snapshots")
     commands.add_parser("occupied")
     restore_parser = commands.add_parser("restore")
@@ -283,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             init(config)
         elif args.command == "backup":
             backup(config)
+        elif args.command == "prune":
+            prune(config)
         elif args.command == "snapshots":
             snapshots(config)
         elif args.command == "occupied":
