@@ -42,6 +42,7 @@ VOLUMES = Path("/volumes")
 STAGE = Path("/stage")
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
+LOCK_WAIT = "10m"
 
 
 class BackupError(Exception):
@@ -68,7 +69,9 @@ def restic_env(config: dict[str, Any]) -> dict[str, str]:
 
 
 def restic(config: dict[str, Any], *args: str, capture: bool = True) -> subprocess.CompletedProcess[str]:
-    command = ["restic", *config.get("options", []), *args]
+    # Hosts that share a repository take turns: a backup waits while another host's check or
+    # the backup host's pruning holds the lock, instead of failing.
+    command = ["restic", *config.get("options", []), "--retry-lock", LOCK_WAIT, *args]
     result = subprocess.run(command, env=restic_env(config), capture_output=capture, text=True, check=False)
     if result.returncode != 0:
         detail = (result.stderr or "").strip().splitlines()
@@ -199,7 +202,7 @@ def backup(config: dict[str, Any]) -> None:
     )
     if config.get("prune", True):
         forget(config, "--host", config["host"])
-    restic(config, "check", "--retry-lock", "10m")
+    restic(config, "check")
     print(json.dumps({
         "snapshot": summary.get("snapshot_id"),
         "files": summary.get("total_files_processed"),
@@ -214,7 +217,7 @@ def forget(config: dict[str, Any], *selection: str) -> None:
     """Retention: the snapshots of this deployment (tag) beyond the kept ones, per host."""
     keep = config["keep"]
     restic(
-        config, "forget", "--retry-lock", "10m", *selection, "--tag", config["tag"], "--group-by", "host,tags",
+        config, "forget", *selection, "--tag", config["tag"], "--group-by", "host,tags",
         "--keep-daily", str(keep["daily"]), "--keep-weekly", str(keep["weekly"]),
         "--keep-monthly", str(keep["monthly"]), "--prune",
     )
@@ -228,7 +231,7 @@ def prune(config: dict[str, Any]) -> None:
         print(json.dumps({"snapshots": 0, "seconds": 0.0}))
         return
     forget(config)
-    restic(config, "check", "--retry-lock", "10m")
+    restic(config, "check")
     left = json.loads(restic(config, "snapshots", "--json", "--tag", config["tag"]).stdout or "[]")
     print(json.dumps({"snapshots": len(left), "seconds": round(time.monotonic() - started, 1)}))
 
