@@ -259,6 +259,8 @@ PYTHON_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"}
 SSHD_CAPS = PYTHON_CAPS | {"SYS_CHROOT", "NET_BIND_SERVICE"}
 CONFINED = {"mlflow": PYTHON_CAPS, "jupyterlab": PYTHON_CAPS, "sftp": SSHD_CAPS, "minio": PYTHON_CAPS,
             "backup": PYTHON_CAPS - {"KILL"} | {"DAC_READ_SEARCH", "FSETID"}}
+# Containers whose root file system is read-only (the rgw engine's S3 server; MinIO's is not).
+READ_ONLY = {"sftp"} | ({"minio"} if ENGINE == "rgw" else set())
 CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
             "SETUID": 7, "NET_BIND_SERVICE": 10, "SYS_CHROOT": 18}
 
@@ -271,6 +273,10 @@ def test_every_container_is_confined(stack: dict[str, Any]) -> None:
         assert {cap.removeprefix("CAP_") for cap in host["CapAdd"]} == allowed, name
         assert "no-new-privileges" in host["SecurityOpt"], name
         assert host["Memory"] > 0, name
+        assert host["ReadonlyRootfs"] == (service in READ_ONLY), name
+        if service in READ_ONLY:
+            write = run(["docker", "exec", name, "touch", "/usr/aie-probe"])
+            assert write.returncode != 0 and "Read-only file system" in write.stderr, (name, write.stderr)
         # What every process of the container holds, whatever it does at run time.
         states = run(["docker", "exec", name, "sh", "-c", "cat /proc/[0-9]*/status"]).stdout
         mask = sum(1 << CAP_BITS[cap] for cap in allowed)
