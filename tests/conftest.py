@@ -31,14 +31,14 @@ def tls_ca(keys: Path) -> Path:
     return keys / "tls" / "ca.pem"
 
 
-def run(args: Sequence[str], timeout: float = 1800, extra_env: dict[str, str] | None = None,
+def run(args: Sequence[str], timeout: float = 1800, extra_env: dict[str, str] | None = None, cwd: Path = PROJECT,
         **kwargs: object) -> subprocess.CompletedProcess[str]:
-    """Run a command from the project folder (with extra_env added to the environment) and capture
-    its output."""
+    """Run a command from the project folder (or cwd, when given), with extra_env added to the
+    environment, and capture its output."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", ANSIBLE_NOCOLOR="1",
                **(extra_env or {}))
     return subprocess.run(
-        list(args), cwd=PROJECT, capture_output=True, text=True, timeout=timeout, env=env, check=False, **kwargs
+        list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, check=False, **kwargs
     )
 
 

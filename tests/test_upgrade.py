@@ -1,0 +1,176 @@
+"""Upgrade drill: a deployment made the previous way is brought up to date by `aie up`.
+
+The previous way is release PREVIOUS of this project (taken from its git history): MLflow with no
+accounts over plain HTTP, one S3 account for everyone, every service as root. Runs, a registered
+model with an alias, and artifacts on SFTP and S3 (one above S3's 8 MiB multipart threshold) are
+logged into it; then today's `aie up` deploys over it (accounts, HTTPS, the S3 client account,
+non-root services) and everything is read back: every parameter, metric step and artifact byte.
+Every service but serving takes part (it runs only once a model is registered as one).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import ENGINE, PROJECT, containers, http_status, run, tls_ca, write_vars
+
+# The last release before MLflow accounts, HTTPS, the S3 client account and non-root containers.
+PREVIOUS = "29ef9ff"
+PREFIX = "aieup"
+PORTS = {"aie_mlflow_port": 25500, "aie_sftp_port": 22222, "aie_s3_port": 29000, "aie_jupyterlab_port": 28888}
+MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
+# The previous release's images get names of their own, so that today's are left alone.
+PREVIOUS_IMAGES = {"aie_common_image": "common", "aie_python_image": "python", "aie_ml_image": "ml",
+                   "mlflow_image": "mlflow", "sftp_image": "sftp", "backup_image": "backup",
+                   "jupyterlab_image": "jupyterlab"}
+INVENTORY = {
+    "all": {
+        "children": {"aie": {"children": {group: {"hosts": {"localhost": {}}}
+                                          for group in ("mlflow", "sftp", "minio", "jupyterlab")}}},
+        "hosts": {"localhost": {"ansible_connection": "local",
+                                "ansible_python_interpreter": "{{ ansible_playbook_python }}"}},
+        "vars": {"aie_publish_address": "127.0.0.1"},
+    }
+}
+
+# Run inside the MLflow container: log two runs (SFTP and S3), register a model with an alias,
+# and print what was logged. MiB-sized artifacts, one of them above S3's multipart threshold.
+LOG_RUNS = r"""
+import hashlib, json, os, tempfile
+import mlflow
+out = {}
+for name, size in (("notebooks-sftp", 3 << 20), ("notebooks-s3", 9 << 20)):
+    mlflow.set_experiment(name)
+    with mlflow.start_run() as run:
+        mlflow.log_param("learning_rate", 0.01)
+        for step in range(5):
+            mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+        path = os.path.join(tempfile.mkdtemp(), "weights.bin")
+        data = os.urandom(size)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        mlflow.log_artifact(path, artifact_path="model")
+        out[name] = {"run_id": run.info.run_id, "sha256": hashlib.sha256(data).hexdigest()}
+client = mlflow.MlflowClient()
+client.create_registered_model("upgrade-drill")
+version = client.create_model_version("upgrade-drill", f"runs:/{out['notebooks-s3']['run_id']}/model",
+                                      out["notebooks-s3"]["run_id"])
+client.set_registered_model_alias("upgrade-drill", "champion", version.version)
+print(json.dumps(out))
+"""
+
+# Run inside the upgraded MLflow container as its user: download each run's artifact through
+# MLflow (the SFTP store, S3 with the client account and the CA) and print its sha256.
+READ_BACK = r"""
+import hashlib, json, sys
+import mlflow
+out = {}
+for name, run_id in json.loads(sys.argv[1]).items():
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/weights.bin")
+    out[name] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def previous_release(target: Path) -> Path:
+    """The files of release PREVIOUS, from the project's git history."""
+    archive = subprocess.run(["git", "-C", str(PROJECT), "archive", PREVIOUS], capture_output=True, check=False)
+    assert archive.returncode == 0, (
+        f"release {PREVIOUS} is not in {PROJECT}'s git history (a clone with its history is needed): "
+        + archive.stderr.decode()[-500:])
+    target.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def mlflow_exec(*command: str, env: dict[str, str], user: str | None = None) -> subprocess.CompletedProcess[str]:
+    options = [arg for name, value in env.items() for arg in ("-e", f"{name}={value}")]
+    return run(["docker", "exec", *(["--user", user] if user else []), *options, f"{PREFIX}-mlflow", *command],
+               timeout=600)
+
+
+@pytest.fixture(scope="module")
+def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterator[dict[str, Any]]:
+    work = tmp_path_factory.mktemp("upgrade")
+    keys = work / "keys"
+    inventory = work / "inventory.yml"
+    inventory.write_text(yaml.safe_dump(INVENTORY))
+    settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE,
+                "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"), **PORTS}
+    extra = write_vars(work / "vars.json", settings)
+    leftovers = run([sys.executable, "-m", "aie.cli", "down", "--purge", "--yes", "-i", str(inventory), "-e", extra],
+                    timeout=600)
+    assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
+
+    previous = previous_release(work / "previous")
+    engines = yaml.safe_load((previous / "roles/minio/defaults/main.yml").read_text())["minio_engines"]
+    engines["rgw"]["image"] = f"aie-{PREVIOUS}/rgw:latest"
+    old_settings = {**settings, "minio_engines": engines,
+                    **{name: f"aie-{PREVIOUS}/{image}:latest" for name, image in PREVIOUS_IMAGES.items()}}
+    old_up = run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), "site.yml",
+                  "-e", write_vars(work / "previous-vars.json", old_settings)],
+                 timeout=3600, cwd=previous, extra_env={"ANSIBLE_CONFIG": str(previous / "ansible.cfg")})
+    try:
+        assert old_up.returncode == 0, old_up.stdout[-3000:] + old_up.stderr[-3000:]
+        logged = mlflow_exec("python", "-c", LOG_RUNS, env={"MLFLOW_TRACKING_URI": "http://localhost:5000"})
+        assert logged.returncode == 0, logged.stderr[-3000:]
+        up = run([sys.executable, "-m", "aie.cli", "up", "-i", str(inventory), "-e", extra], timeout=3600)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        yield {"keys": keys, "logged": json.loads(logged.stdout.strip().splitlines()[-1]), "up": up}
+    finally:
+        down = run([sys.executable, "-m", "aie.cli", "down", "--purge", "--yes", "-i", str(inventory), "-e", extra],
+                   timeout=600)
+        assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
+        assert containers(PREFIX) == []
+
+
+def admin(keys: Path) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": (keys / "secrets" / "mlflow_admin_password").read_text().split()[0]}
+
+
+def test_runs_metrics_and_models_survive_the_upgrade(upgraded: dict[str, Any],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = {**admin(upgraded["keys"]), "MLFLOW_TRACKING_SERVER_CERT_PATH": str(tls_ca(upgraded["keys"]))}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    client = MlflowClient(tracking_uri=MLFLOW_URL)
+    for name, logged in upgraded["logged"].items():
+        run_ = client.get_run(logged["run_id"])
+        assert run_.data.params == {"learning_rate": "0.01"}, name
+        history = client.get_metric_history(logged["run_id"], "loss")
+        assert sorted((m.step, m.value) for m in history) == [(step, 1.0 / (step + 1)) for step in range(5)], name
+        assert client.get_experiment(run_.info.experiment_id).name == name
+    version = client.get_model_version_by_alias("upgrade-drill", "champion")
+    assert version.run_id == upgraded["logged"]["notebooks-s3"]["run_id"]
+
+
+def test_artifacts_read_back_byte_for_byte_with_accounts_and_https(upgraded: dict[str, Any]) -> None:
+    runs = {name: logged["run_id"] for name, logged in upgraded["logged"].items()}
+    env = {**admin(upgraded["keys"]), "MLFLOW_TRACKING_URI": "https://localhost:5000",
+           "MLFLOW_TRACKING_SERVER_CERT_PATH": "/etc/aie/tls/ca.pem", "HOME": "/home/aie", "USER": "aie"}
+    read = mlflow_exec("python", "-c", READ_BACK, json.dumps(runs), env=env, user="10001:10001")
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert json.loads(read.stdout.strip().splitlines()[-1]) == {
+        name: logged["sha256"] for name, logged in upgraded["logged"].items()}
+
+
+def test_the_upgrade_turns_on_accounts_https_and_a_service_user(upgraded: dict[str, Any]) -> None:
+    ca = tls_ca(upgraded["keys"])
+    search = "/api/2.0/mlflow/experiments/search?max_results=10"
+    assert http_status(MLFLOW_URL + search, cafile=ca) == 401
+    assert http_status(MLFLOW_URL + search, account=("admin", admin(upgraded["keys"])["MLFLOW_TRACKING_PASSWORD"]),
+                       cafile=ca) == 200
+    assert http_status(f"http://127.0.0.1:{PORTS['aie_mlflow_port']}/health") == 0
+    users = run(["docker", "exec", f"{PREFIX}-mlflow", "sh", "-c",
+                 "for p in /proc/[0-9]*; do awk '/^Uid/{print $2}' $p/status; done"]).stdout.split()
+    assert "10001" in users, users
