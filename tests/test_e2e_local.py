@@ -260,7 +260,7 @@ SSHD_CAPS = PYTHON_CAPS | {"SYS_CHROOT", "NET_BIND_SERVICE"}
 CONFINED = {"mlflow": PYTHON_CAPS, "jupyterlab": PYTHON_CAPS, "sftp": SSHD_CAPS, "minio": PYTHON_CAPS,
             "backup": PYTHON_CAPS - {"KILL"} | {"DAC_READ_SEARCH", "FSETID"}}
 # Containers whose root file system is read-only (the rgw engine's S3 server; MinIO's is not).
-READ_ONLY = {"sftp"} | ({"minio"} if ENGINE == "rgw" else set())
+READ_ONLY = {"mlflow", "sftp"} | ({"minio"} if ENGINE == "rgw" else set())
 CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
             "SETUID": 7, "NET_BIND_SERVICE": 10, "SYS_CHROOT": 18}
 

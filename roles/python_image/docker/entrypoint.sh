@@ -30,8 +30,10 @@ else
 fi
 export HOME
 if [ -d /etc/aie.host ]; then
-    rm -rf /etc/aie
-    cp -R /etc/aie.host /etc/aie
+    # Emptied rather than removed: on a read-only root file system /etc/aie is a tmpfs mount.
+    install -d /etc/aie
+    find /etc/aie -mindepth 1 -delete
+    cp -R /etc/aie.host/. /etc/aie/
     chown -R "$uid:$gid" /etc/aie
     chmod -R go-rwx /etc/aie
 fi
