@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import ENGINE, PROJECT, containers, http_status, run, tls_ca, write_vars
+from conftest import BIN, ENGINE, PROJECT, aie, containers, http_status, mlflow_admin, run, tls_ca, write_vars
 
 # The last release before MLflow accounts, HTTPS, the S3 client account and non-root containers.
 PREVIOUS = "29ef9ff"
@@ -107,8 +106,7 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE,
                 "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"), **PORTS}
     extra = write_vars(work / "vars.json", settings)
-    leftovers = run([sys.executable, "-m", "aie.cli", "down", "--purge", "--yes", "-i", str(inventory), "-e", extra],
-                    timeout=600)
+    leftovers = aie("down", "--purge", "--yes", "-i", str(inventory), "-e", extra, timeout=600)
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
 
     previous = previous_release(work / "previous")
@@ -116,32 +114,25 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     engines["rgw"]["image"] = f"aie-{PREVIOUS}/rgw:latest"
     old_settings = {**settings, "minio_engines": engines,
                     **{name: f"aie-{PREVIOUS}/{image}:latest" for name, image in PREVIOUS_IMAGES.items()}}
-    old_up = run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), "site.yml",
+    old_up = run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml",
                   "-e", write_vars(work / "previous-vars.json", old_settings)],
                  timeout=3600, cwd=previous, extra_env={"ANSIBLE_CONFIG": str(previous / "ansible.cfg")})
     try:
         assert old_up.returncode == 0, old_up.stdout[-3000:] + old_up.stderr[-3000:]
         logged = mlflow_exec("python", "-c", LOG_RUNS, env={"MLFLOW_TRACKING_URI": "http://localhost:5000"})
         assert logged.returncode == 0, logged.stderr[-3000:]
-        up = run([sys.executable, "-m", "aie.cli", "up", "-i", str(inventory), "-e", extra], timeout=3600)
+        up = aie("up", "-i", str(inventory), "-e", extra)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         yield {"keys": keys, "logged": json.loads(logged.stdout.strip().splitlines()[-1]), "up": up}
     finally:
-        down = run([sys.executable, "-m", "aie.cli", "down", "--purge", "--yes", "-i", str(inventory), "-e", extra],
-                   timeout=600)
+        down = aie("down", "--purge", "--yes", "-i", str(inventory), "-e", extra, timeout=600)
         assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
         assert containers(PREFIX) == []
 
 
-def admin(keys: Path) -> dict[str, str]:
-    return {"MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": (keys / "secrets" / "mlflow_admin_password").read_text().split()[0]}
-
-
 def test_runs_metrics_and_models_survive_the_upgrade(upgraded: dict[str, Any],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = {**admin(upgraded["keys"]), "MLFLOW_TRACKING_SERVER_CERT_PATH": str(tls_ca(upgraded["keys"]))}
-    for name, value in settings.items():
+    for name, value in mlflow_admin(upgraded["keys"]).items():
         monkeypatch.setenv(name, value)
     client = MlflowClient(tracking_uri=MLFLOW_URL)
     for name, logged in upgraded["logged"].items():
@@ -156,7 +147,7 @@ def test_runs_metrics_and_models_survive_the_upgrade(upgraded: dict[str, Any],
 
 def test_artifacts_read_back_byte_for_byte_with_accounts_and_https(upgraded: dict[str, Any]) -> None:
     runs = {name: logged["run_id"] for name, logged in upgraded["logged"].items()}
-    env = {**admin(upgraded["keys"]), "MLFLOW_TRACKING_URI": "https://localhost:5000",
+    env = {**mlflow_admin(upgraded["keys"]), "MLFLOW_TRACKING_URI": "https://localhost:5000",
            "MLFLOW_TRACKING_SERVER_CERT_PATH": "/etc/aie/tls/ca.pem", "HOME": "/home/aie", "USER": "aie"}
     read = mlflow_exec("python", "-c", READ_BACK, json.dumps(runs), env=env, user="10001:10001")
     assert read.returncode == 0, read.stderr[-3000:]
@@ -168,8 +159,8 @@ def test_the_upgrade_turns_on_accounts_https_and_a_service_user(upgraded: dict[s
     ca = tls_ca(upgraded["keys"])
     search = "/api/2.0/mlflow/experiments/search?max_results=10"
     assert http_status(MLFLOW_URL + search, cafile=ca) == 401
-    assert http_status(MLFLOW_URL + search, account=("admin", admin(upgraded["keys"])["MLFLOW_TRACKING_PASSWORD"]),
-                       cafile=ca) == 200
+    password = mlflow_admin(upgraded["keys"])["MLFLOW_TRACKING_PASSWORD"]
+    assert http_status(MLFLOW_URL + search, account=("admin", password), cafile=ca) == 200
     assert http_status(f"http://127.0.0.1:{PORTS['aie_mlflow_port']}/health") == 0
     users = run(["docker", "exec", f"{PREFIX}-mlflow", "sh", "-c",
                  "for p in /proc/[0-9]*; do awk '/^Uid/{print $2}' $p/status; done"]).stdout.split()
