@@ -171,6 +171,8 @@ def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse
                 healthy &= bool(entry["healthy"])
                 state = "healthy" if entry["healthy"] else "DOWN"
             print(f"{service:<13} {state:<8} {entry['url']:<36} ({host})")
+            if entry.get("metrics"):
+                print(f"{'':<22} metrics: {entry['metrics']} (Prometheus, for MLflow accounts)")
     keys = keys_dir(project_dir, args.extra_vars)
     ca = keys / "tls" / "ca.pem"
     if ca.is_file():
