@@ -5,7 +5,7 @@ VENV ?= .venv
 AIE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up down status test unit lint bootstrap bootstrap-test benchmark benchmark-s3 benchmark-speed benchmark-cold
+.PHONY: up down status test unit lint bootstrap bootstrap-test benchmark benchmark-s3 benchmark-speed benchmark-cold benchmark-load
 
 # What deploying needs (make up); the tests add their tools (bootstrap-test).
 bootstrap:
@@ -40,6 +40,10 @@ benchmark: bootstrap-test
 # Multipart integrity and MLflow-vs-boto3 upload speed against the deployed local stack's S3 server.
 benchmark-s3: bootstrap-test
 	$(VENV)/bin/python benchmarks/s3_integrity.py
+
+# Concurrent MLflow clients against the deployed local stack: calls/s, p50, p95 and errors.
+benchmark-load: bootstrap-test
+	$(VENV)/bin/python benchmarks/mlflow_load.py
 
 # Wall time of a no-op `aie up`, `aie status`, `aie serve` and `aie predict` on the deployed local stack.
 benchmark-speed: bootstrap-test

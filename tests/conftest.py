@@ -125,6 +125,20 @@ def mlflow_admin(keys: Path) -> dict[str, str]:
             "MLFLOW_TRACKING_SERVER_CERT_PATH": str(tls_ca(keys))}
 
 
+def bounded_load(label: str, url: str, keys: Path) -> None:
+    """The load benchmark, bounded: 64 clients each create a run and log 10 metric values one call
+    at a time and 10 in batches of 5, against a deployment's MLflow; no call fails, no value is missing."""
+    done = run([sys.executable, str(PROJECT / "benchmarks/mlflow_load.py"), "--target", f"{label}={url},{keys}",
+                "--clients", "64", "--values", "10", "--batch", "5"], timeout=900)
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (result,) = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["create_run"]["errors"] == 0 and result["create_run"]["calls"] == 64
+    assert result["log_metric"]["errors"] == 0 and result["log_metric"]["calls"] == 640
+    assert result["log_batch"]["errors"] == 0 and result["log_batch"]["calls"] == 128
+    assert result["values_missing"] == 0
+
+
 def write_vars(path: Path, values: dict[str, object]) -> str:
     path.write_text(json.dumps(values))
     return f"@{path}"

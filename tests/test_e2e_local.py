@@ -25,6 +25,7 @@ from conftest import (
     PORTS,
     PREFIX,
     aie,
+    bounded_load,
     containers,
     http_status,
     jupyter_exec,
@@ -312,6 +313,10 @@ def test_status_reports_every_service_healthy(stack: dict[str, Any]) -> None:
         secret = (secrets / name).read_text().split()[0]
         shown = stack["first_up"].stdout + stack["first_up"].stderr + (status.stdout if "mlflow" in name else "")
         assert secret not in shown, name
+
+
+def test_64_clients_log_metrics_with_no_error_on_sqlite(stack: dict[str, Any]) -> None:
+    bounded_load("sqlite", MLFLOW_URL, stack["keys"])
 
 
 def test_second_up_changes_nothing(stack: dict[str, Any], logged: dict[str, Any]) -> None:

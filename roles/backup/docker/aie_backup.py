@@ -172,7 +172,8 @@ class DockerAPI:
             {"Cmd": command, "User": user, "AttachStdout": True, "AttachStderr": True},
         )
         if status != 201:
-            raise BackupError(f"Docker refused to run {command[0]} in {container}: {status} {body.decode(errors='replace')}")
+            detail = body.decode(errors="replace").strip()
+            raise BackupError(f"Docker refused to run {command[0]} in {container}: {status} {detail}")
         exec_id = json.loads(body)["Id"]
         status, output = self.request("POST", f"/exec/{exec_id}/start", {"Detach": False, "Tty": False})
         if status != 200:
