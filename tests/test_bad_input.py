@@ -176,3 +176,24 @@ def test_bad_https_settings_are_refused(tmp_path: Path, settings: dict[str, obje
                                  for name, value in settings.items()})
     assert "HTTPS settings of localhost" in output
     assert all(str(value).format(tmp=tmp_path) in output for value in settings.values())
+
+
+@pytest.mark.parametrize("password", ["", "short-one", "password1234"], ids=["empty", "short", "well-known"])
+def test_a_weak_database_password_is_refused(tmp_path: Path, password: str) -> None:
+    output = deploy(tmp_path, aie_mlflow_backend="postgresql", aie_database_mlflow_password=password)
+    assert "aie_database_accounts: the password of tracking is empty, shorter than 16 characters" in output
+    assert "short-one" not in output
+
+
+@pytest.mark.parametrize(("settings", "shown"), [
+    ({"aie_mlflow_backend": "mysql"}, "aie_mlflow_backend must be one of: sqlite, postgresql, external, got: mysql"),
+    ({"aie_mlflow_backend": "external"}, "external needs aie_database_external.host"),
+    ({"aie_mlflow_backend": "postgresql", "aie_database_accounts": {
+        "tracking": {"database": "mlflow", "user": "mlflow", "password": "Abcdefghijklmnopqrstuvwxyz1234"},
+        "auth": {"database": "mlflow", "user": "mlflow_auth", "password": "Zyxwvutsrqponmlkjihgfedcba4321"}}},
+     "the tracking and auth databases need distinct database and user names"),
+], ids=["unknown backend", "external without a host", "one database for both stores"])
+def test_a_bad_database_setting_is_refused(tmp_path: Path, settings: dict[str, object], shown: str) -> None:
+    output = deploy(tmp_path, **settings)
+    assert shown in output
+    assert "Abcdefghijklmnopqrstuvwxyz1234" not in output
