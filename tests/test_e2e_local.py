@@ -315,6 +315,17 @@ def test_status_reports_every_service_healthy(stack: dict[str, Any]) -> None:
         assert secret not in shown, name
 
 
+def test_switching_mlflow_to_postgresql_on_existing_runs_is_refused(stack: dict[str, Any]) -> None:
+    refused = aie("up", "-e", stack["extra"], "-e", "aie_mlflow_backend=postgresql", timeout=600)
+    assert refused.returncode != 0
+    last = refused.stderr.strip().splitlines()[-1]
+    assert f"MLflow's runs are in SQLite (the container {PREFIX}-mlflow runs on it), not in PostgreSQL" in last
+    # Nothing changed: no database container, MLflow still on SQLite.
+    assert f"{PREFIX}-database" not in containers(PREFIX)
+    args = run(["docker", "inspect", "-f", "{{json .Args}}", f"{PREFIX}-mlflow"], timeout=60).stdout
+    assert "--backend-store-uri=sqlite:////mlflow/mlflow.db" in args
+
+
 def test_64_clients_log_metrics_with_no_error_on_sqlite(stack: dict[str, Any]) -> None:
     bounded_load("sqlite", MLFLOW_URL, stack["keys"])
 
