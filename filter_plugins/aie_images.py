@@ -102,11 +102,14 @@ def aie_config_digest(parts: Any) -> str:
 
 def aie_running_containers(containers: Iterable[Mapping[str, Any]], label: str) -> dict[str, dict[str, str]]:
     """Each running container among docker_host_info's verbose `containers`, by name: its label
-    `label` (``config``) and the ID of the image it runs (``image``). A stopped container is left
-    out: it is not what a deployment left running."""
+    `label` (``config``), the ID of the image it runs (``image``) and the MLflow release that
+    image was built with (``mlflow``, its label org.aie.mlflow-version; empty in images without
+    MLflow, and in those built before the label). A stopped container is left out: it is not what
+    a deployment left running."""
     return {
         str(name).lstrip("/"): {"config": str((container.get("Labels") or {}).get(label, "")),
-                                "image": str(container.get("ImageID") or "")}
+                                "image": str(container.get("ImageID") or ""),
+                                "mlflow": str((container.get("Labels") or {}).get("org.aie.mlflow-version", ""))}
         for container in containers
         if container.get("State") == "running"
         for name in container.get("Names") or []

@@ -106,12 +106,12 @@ def test_the_config_digest_counts_the_contents_of_source_files(images: ModuleTyp
 
 def test_each_running_container_s_label_and_image_are_found_by_name(images: ModuleType) -> None:
     containers = [
-        {"Names": ["/aie-mlflow"], "Labels": {"aie.config": "abc", "aie.inputs": "x"}, "ImageID": "sha256:1",
-         "State": "running"},
+        {"Names": ["/aie-mlflow"], "ImageID": "sha256:1", "State": "running",
+         "Labels": {"aie.config": "abc", "aie.inputs": "x", "org.aie.mlflow-version": "3.17.2"}},
         {"Names": ["/aie-sftp"], "Labels": None, "ImageID": "sha256:2", "State": "running"},
         {"Names": ["/aie-minio"], "Labels": {"aie.config": "def"}, "ImageID": "sha256:3", "State": "exited"},
     ]
     assert images.aie_running_containers(containers, "aie.config") == {
-        "aie-mlflow": {"config": "abc", "image": "sha256:1"},
-        "aie-sftp": {"config": "", "image": "sha256:2"},
+        "aie-mlflow": {"config": "abc", "image": "sha256:1", "mlflow": "3.17.2"},
+        "aie-sftp": {"config": "", "image": "sha256:2", "mlflow": ""},
     }

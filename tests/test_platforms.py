@@ -22,6 +22,10 @@ PYTHON_VERSION = "3.13"
 PLATFORMS = ("x86_64-manylinux_2_17", "aarch64-manylinux_2_17")
 ROLES = PROJECT / "roles"
 PARENT = re.compile(r"^ARG BASE_IMAGE=(\S+)", re.MULTILINE)
+# MLflow's release, pinned in group_vars/all/images.yml and given to the Python image's build as
+# MLFLOW_VERSION, which pip expands in its requirements file (uv does not: the test does).
+MLFLOW_VERSION = re.search(r'^aie_mlflow_version: "([0-9.]+)"$',
+                           (PROJECT / "group_vars/all/images.yml").read_text(), re.MULTILINE)
 
 
 def image_roles() -> dict[str, str]:
@@ -74,15 +78,20 @@ def test_every_image_with_requirements_is_checked() -> None:
 @pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("role", leaves())
 def test_requirements_resolve(role: str, platform: str, tmp_path: Path) -> None:
+    assert MLFLOW_VERSION, "group_vars/all/images.yml pins no aie_mlflow_version"
     out = tmp_path / "resolved.txt"
+    chain = []
+    for index, path in enumerate(requirement_chain(role)):
+        chain.append(tmp_path / f"{index}-requirements.txt")
+        chain[-1].write_text(path.read_text().replace("${MLFLOW_VERSION}", MLFLOW_VERSION.group(1)))
     result = subprocess.run(
         [uv(), "pip", "compile", "--quiet", "--no-header", "--python-platform", platform,
-         "--python-version", PYTHON_VERSION, "--only-binary", ":all:", "-o", str(out),
-         *map(str, requirement_chain(role))],
+         "--python-version", PYTHON_VERSION, "--only-binary", ":all:", "-o", str(out), *map(str, chain)],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert result.returncode == 0, f"{role} does not resolve for {platform}:\n{result.stderr[-3000:]}"
     pinned = {line.split("==")[0].lower() for line in out.read_text().splitlines() if "==" in line}
+    assert f"mlflow=={MLFLOW_VERSION.group(1)}" in out.read_text().splitlines(), "MLflow is not the pinned release"
     if ROLES / "ml_image/docker/requirements.txt" in requirement_chain(role):
         # The marker picks the build that has wheels for the machine.
         assert ("tensorflow-cpu" if platform.startswith("x86_64") else "tensorflow") in pinned, sorted(pinned)

@@ -6,12 +6,18 @@ model with an alias, and artifacts on SFTP and S3 (one above S3's 8 MiB multipar
 logged into it; then today's `aie up` deploys over it (accounts, HTTPS, the S3 client account,
 non-root services) and everything is read back: every parameter, metric step and artifact byte.
 Every service but serving takes part (it runs only once a model is registered as one).
+
+The previous deployment runs the previous minor release of MLflow (PREVIOUS_MLFLOW), whose
+tracking database is a schema behind today's pin: `aie up` backs it up, stops the old server,
+runs MLflow's migrations and starts the new one (roles/mlflow/tasks/schema.yml); then an older
+release than the one running is refused before anything changes.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,20 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, ENGINE, PROJECT, aie, containers, http_status, mlflow_admin, run, tls_ca, write_vars
+from conftest import (
+    BIN,
+    ENGINE,
+    PINNED_MLFLOW,
+    PREVIOUS_MLFLOW,
+    PROJECT,
+    aie,
+    containers,
+    http_status,
+    mlflow_admin,
+    run,
+    tls_ca,
+    write_vars,
+)
 
 # The last release before MLflow accounts, HTTPS, the S3 client account and non-root containers.
 PREVIOUS = "29ef9ff"
@@ -110,6 +129,9 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
 
     previous = previous_release(work / "previous")
+    requirements = previous / "roles/python_image/docker/requirements.txt"
+    requirements.write_text("".join(f"mlflow=={PREVIOUS_MLFLOW}\n" if line.startswith("mlflow") else line
+                                    for line in requirements.read_text().splitlines(keepends=True)))
     engines = yaml.safe_load((previous / "roles/minio/defaults/main.yml").read_text())["minio_engines"]
     engines["rgw"]["image"] = f"aie-{PREVIOUS}/rgw:latest"
     old_settings = {**settings, "minio_engines": engines,
@@ -121,9 +143,13 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
         assert old_up.returncode == 0, old_up.stdout[-3000:] + old_up.stderr[-3000:]
         logged = mlflow_exec("python", "-c", LOG_RUNS, env={"MLFLOW_TRACKING_URI": "http://localhost:5000"})
         assert logged.returncode == 0, logged.stderr[-3000:]
+        started = time.monotonic()
         up = aie("up", "-i", str(inventory), "-e", extra)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        yield {"keys": keys, "logged": json.loads(logged.stdout.strip().splitlines()[-1]), "up": up}
+        print(f"upgrade from {PREVIOUS} (MLflow {PREVIOUS_MLFLOW}) to MLflow {PINNED_MLFLOW}: "
+              f"aie up {time.monotonic() - started:.0f} s")
+        yield {"keys": keys, "logged": json.loads(logged.stdout.strip().splitlines()[-1]), "up": up,
+               "inventory": inventory, "vars": work / "vars.json"}
     finally:
         down = aie("down", "--purge", "--yes", "-i", str(inventory), "-e", extra, timeout=600)
         assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
@@ -165,3 +191,35 @@ def test_the_upgrade_turns_on_accounts_https_and_a_service_user(upgraded: dict[s
     users = run(["docker", "exec", f"{PREFIX}-mlflow", "sh", "-c",
                  "for p in /proc/[0-9]*; do awk '/^Uid/{print $2}' $p/status; done"]).stdout.split()
     assert "10001" in users, users
+
+
+def test_the_previous_minor_is_the_one_before_the_pin() -> None:
+    pinned, previous = (tuple(map(int, v.split(".")[:2])) for v in (PINNED_MLFLOW, PREVIOUS_MLFLOW))
+    assert previous == (pinned[0], pinned[1] - 1), f"PREVIOUS_MLFLOW: the last {pinned[0]}.{pinned[1] - 1} release"
+
+
+def test_mlflow_s_database_was_backed_up_then_migrated(upgraded: dict[str, Any]) -> None:
+    lines = upgraded["up"].stdout.splitlines()
+    backup = next(i for i, line in enumerate(lines) if "Run aie-backup backup" in line)
+    migrate = next(i for i, line in enumerate(lines) if "Run aie.mlflow_db upgrade" in line)
+    assert backup < migrate, "\n".join(lines)
+    check = mlflow_exec("python", "-m", "aie.mlflow_db", "check", "sqlite:////mlflow/mlflow.db",
+                        "sqlite:////mlflow/basic_auth.db", env={}, user="10001:10001")
+    assert check.returncode == 0, check.stderr[-2000:]
+    found = json.loads(check.stdout.strip().splitlines()[-1])
+    assert found["mlflow"] == PINNED_MLFLOW
+    assert {store: state["state"] for store, state in found["stores"].items()} == {"tracking": "current",
+                                                                                  "auth": "current"}
+
+
+def test_an_older_mlflow_than_the_one_running_is_refused_before_anything_changes(upgraded: dict[str, Any]) -> None:
+    before = run(["docker", "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", f"{PREFIX}-mlflow"]).stdout
+    settings = json.loads(upgraded["vars"].read_text())
+    extra = write_vars(upgraded["vars"].with_name("downgrade.json"),
+                       {**settings, "aie_mlflow_version": PREVIOUS_MLFLOW})
+    down = aie("up", "-i", str(upgraded["inventory"]), "-e", extra, timeout=600)
+    assert down.returncode != 0
+    assert (f"aie_mlflow_version={PREVIOUS_MLFLOW}: older than MLflow {PINNED_MLFLOW}, which runs in "
+            f"{PREFIX}-mlflow") in down.stdout + down.stderr, down.stdout[-3000:]
+    assert "changed " not in down.stdout, down.stdout[-3000:]
+    assert run(["docker", "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", f"{PREFIX}-mlflow"]).stdout == before

@@ -1,0 +1,163 @@
+"""Where MLflow's two databases (the tracking store, the account store) stand against the MLflow
+installed here, and bringing them to it.
+
+The mlflow role runs it in a one-off container of the new MLflow image before that image's
+server starts (roles/mlflow/tasks/schema.yml):
+
+    python -m aie.mlflow_db check TRACKING_URI AUTH_URI
+    python -m aie.mlflow_db upgrade TRACKING_URI AUTH_URI
+
+``check`` prints one JSON object: this MLflow's version, and for each store its ``state`` with
+its ``revision`` and this MLflow's ``head``:
+- ``new``: no tables yet (the server creates them when it starts);
+- ``current``: at this MLflow's schema;
+- ``behind``: at an older schema this MLflow knows: ``upgrade`` migrates it;
+- ``newer``: at a schema this MLflow does not know: a newer MLflow migrated it, and running an
+  older one on it is a downgrade, which MLflow's migrations cannot undo.
+``upgrade`` runs the migrations of each store that is ``behind`` (MLflow's own: those of
+``mlflow db upgrade`` and of its basic-auth app), prints the same JSON as ``check`` afterwards,
+and exits 1 with one line naming the store and the revisions when one fails. Each store is
+migrated in one transaction (alembic's default): on PostgreSQL a failed migration leaves the
+database as it was; SQLite, whose schema changes MLflow makes by copying tables, is migrated on
+a copy that replaces the file only once every migration went through.
+
+The passwords of PostgreSQL come from libpq's password file (PGPASSFILE), never from a URI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import sys
+from contextlib import closing
+from typing import Any
+
+# The alembic version table of each store: MLflow's default for the tracking store, its own
+# for the basic-auth app's account store.
+VERSION_TABLES = {"tracking": "alembic_version", "auth": "alembic_version_auth"}
+
+
+def _utils(store: str) -> Any:
+    """MLflow's database helpers of a store (typed as Any: mlflow declares none of their types).
+    They are imported here, not at the top: importing mlflow takes seconds."""
+    if store == "tracking":
+        import mlflow.store.db.utils as tracking
+
+        return tracking
+    import mlflow.server.auth.db.utils as auth
+
+    return auth
+
+
+def _alembic_config(store: str, url: str) -> Any:
+    return _utils(store)._get_alembic_config(url)
+
+
+def _sqlite_path(url: str) -> str | None:
+    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
+
+
+def _engine(url: str) -> Any:
+    return _utils("tracking").create_sqlalchemy_engine(url)
+
+
+def state(store: str, url: str) -> dict[str, Any]:
+    """Where one store stands: its revision, this MLflow's head, and what that means."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import inspect
+
+    script = ScriptDirectory.from_config(_alembic_config(store, url))
+    head = script.get_current_head()
+    path = _sqlite_path(url)
+    if path is not None and not os.path.exists(path):
+        return {"state": "new", "revision": None, "head": head}
+    engine = _engine(url)
+    try:
+        tables = [table for table in inspect(engine).get_table_names() if not table.startswith("alembic_")]
+        if not tables:
+            return {"state": "new", "revision": None, "head": head}
+        with engine.connect() as connection:
+            revision = MigrationContext.configure(
+                connection, opts={"version_table": VERSION_TABLES[store]}).get_current_revision()
+    finally:
+        engine.dispose()
+    known = {entry.revision for entry in script.walk_revisions()}
+    if revision == head:
+        status = "current"
+    elif revision is None or revision in known:
+        # None: an account store made before MLflow 3.6 versioned it (its migration stamps it).
+        status = "behind"
+    else:
+        status = "newer"
+    return {"state": status, "revision": revision, "head": head}
+
+
+def _migrate(store: str, url: str) -> None:
+    engine = _engine(url)
+    try:
+        if store == "tracking":
+            _utils(store)._upgrade_db(engine)
+        else:
+            _utils(store).migrate(engine, "head")
+    finally:
+        engine.dispose()
+
+
+def upgrade(store: str, url: str) -> None:
+    path = _sqlite_path(url)
+    if path is None:
+        _migrate(store, url)
+        return
+    # On a copy, made with SQLite's backup API (consistent even while another process reads),
+    # that takes the file's place only when every migration went through.
+    copy = f"{path}.migrating"
+    with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(copy)) as target:
+        source.backup(target)
+    try:
+        _migrate(store, f"sqlite:///{copy}")
+        shutil.copymode(path, copy)
+        os.replace(copy, path)
+    finally:
+        if os.path.exists(copy):
+            os.remove(copy)
+
+
+def report(urls: dict[str, str]) -> dict[str, Any]:
+    import mlflow
+
+    return {"mlflow": mlflow.__version__, "stores": {store: state(store, url) for store, url in urls.items()}}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] not in ("check", "upgrade"):
+        print("usage: python -m aie.mlflow_db check|upgrade TRACKING_URI AUTH_URI", file=sys.stderr)
+        return 2
+    urls = {"tracking": argv[1], "auth": argv[2]}
+    before = report(urls)
+    if argv[0] == "upgrade":
+        for store, found in before["stores"].items():
+            if found["state"] == "newer":
+                print(f"the {store} database is at schema {found['revision']}, which MLflow {before['mlflow']} "
+                      "does not know (a newer MLflow migrated it): not migrated", file=sys.stderr)
+                return 1
+            if found["state"] != "behind":
+                continue
+            try:
+                upgrade(store, urls[store])
+            except Exception as error:  # noqa: BLE001 - any failure: one line, the store left as it was
+                # SQLAlchemy's first line names the error; its last points to its documentation.
+                first = (str(error).strip().splitlines() or [type(error).__name__])[0][:400]
+                print(f"MLflow {before['mlflow']} could not migrate the {store} database from schema "
+                      f"{found['revision']} to {found['head']}: {first}", file=sys.stderr)
+                return 1
+        print(json.dumps({**report(urls), "before": before["stores"]}))
+        return 0
+    print(json.dumps(before))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

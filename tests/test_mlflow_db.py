@@ -1,0 +1,144 @@
+"""aie/mlflow_db.py on real SQLite databases made by this virtualenv's MLflow: a store at an older
+schema is reported behind and migrated with its runs kept; one at a schema this MLflow does not
+know is reported newer and left alone; a migration that fails leaves the file byte for byte as
+it was and says which store failed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
+from mlflow.store.db.utils import _get_alembic_config, create_sqlalchemy_engine
+from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+from aie import mlflow_db
+
+
+def older_revision(steps: int) -> str:
+    """The revision `steps` migrations below this MLflow's head."""
+    revisions = list(ScriptDirectory.from_config(_get_alembic_config("")).walk_revisions())
+    return str(revisions[steps].revision)
+
+
+def tracking_store_at(path: Path, revision: str) -> str:
+    """A tracking store made as MLflow makes one, stopped at `revision`, with one run in it."""
+    url = f"sqlite:///{path}"
+    engine = create_sqlalchemy_engine(url)
+    InitialBase.metadata.create_all(engine)
+    config = _get_alembic_config(url)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+    engine.dispose()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
+                   "VALUES (7, 'kept', '/a', 'active')")
+        db.execute("INSERT INTO runs (run_uuid, name, experiment_id, lifecycle_stage, status, start_time) "
+                   "VALUES ('r1', 'run', 7, 'active', 'FINISHED', 1)")
+        db.execute("INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
+                   "VALUES ('loss', 0.5, 1, 'r1', 3, 0)")
+    return url
+
+
+def run_main(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any] | None, str]:
+    code = mlflow_db.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, json.loads(out.strip().splitlines()[-1]) if out.strip() else None, err
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_missing_and_empty_stores_are_new(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty.db").touch()
+    code, out, _ = run_main("check", f"sqlite:///{tmp_path}/absent.db", f"sqlite:///{tmp_path}/empty.db",
+                            capsys=capsys)
+    assert code == 0 and out is not None
+    assert out["mlflow"] == mlflow.__version__
+    assert {store: found["state"] for store, found in out["stores"].items()} == {"tracking": "new", "auth": "new"}
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_a_store_behind_is_migrated_with_its_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = older_revision(2)
+    url = tracking_store_at(tmp_path / "mlflow.db", old)
+    auth = f"sqlite:///{tmp_path}/auth.db"
+    code, out, _ = run_main("check", url, auth, capsys=capsys)
+    assert code == 0 and out is not None
+    assert out["stores"]["tracking"] == {"state": "behind", "revision": old, "head": older_revision(0)}
+
+    code, out, err = run_main("upgrade", url, auth, capsys=capsys)
+    assert code == 0, err
+    assert out is not None
+    assert out["before"]["tracking"]["state"] == "behind"
+    assert out["stores"]["tracking"] == {"state": "current", "revision": older_revision(0), "head": older_revision(0)}
+    with closing(sqlite3.connect(tmp_path / "mlflow.db")) as db:
+        assert db.execute("SELECT e.name, r.run_uuid, m.value, m.step FROM experiments e JOIN runs r "
+                          "ON r.experiment_id = e.experiment_id JOIN metrics m ON m.run_uuid = r.run_uuid"
+                          ).fetchall() == [("kept", "r1", 0.5, 3)]
+    assert not (tmp_path / "mlflow.db.migrating").exists()
+
+
+def test_a_store_of_a_newer_mlflow_is_refused_and_left_alone(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mlflow.db"
+    url = tracking_store_at(path, older_revision(0))
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE alembic_version SET version_num = 'f00dfeed0001'")
+    before = digest(path)
+    code, out, _ = run_main("check", url, f"sqlite:///{tmp_path}/auth.db", capsys=capsys)
+    assert code == 0 and out is not None
+    assert out["stores"]["tracking"]["state"] == "newer"
+    code, _, err = run_main("upgrade", url, f"sqlite:///{tmp_path}/auth.db", capsys=capsys)
+    assert code == 1
+    assert "the tracking database is at schema f00dfeed0001, which MLflow" in err
+    assert digest(path) == before
+
+
+def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mlflow.db"
+    old = older_revision(1)
+    url = tracking_store_at(path, old)
+    # The last migration creates a table: one of that name already there makes it fail.
+    engine = create_sqlalchemy_engine(url)
+    created = set(mlflow_db_tables_after_upgrade(tmp_path)) - set(engine_tables(engine))
+    engine.dispose()
+    assert created, "the last migration creates no table: pick another way to make it fail"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(f"CREATE TABLE {sorted(created)[0]} (x INTEGER)")
+    before = digest(path)
+    code, _, err = run_main("upgrade", url, f"sqlite:///{tmp_path}/auth.db", capsys=capsys)
+    assert code == 1
+    # The last line of the output says it (MLflow logs its steps before it).
+    last = err.strip().splitlines()[-1]
+    assert f"could not migrate the tracking database from schema {old} to {older_revision(0)}: " in last
+    assert "already exists" in last
+    assert digest(path) == before
+    assert not (tmp_path / "mlflow.db.migrating").exists()
+
+
+def engine_tables(engine: Any) -> list[str]:
+    from sqlalchemy import inspect
+
+    return list(inspect(engine).get_table_names())
+
+
+def mlflow_db_tables_after_upgrade(tmp_path: Path) -> list[str]:
+    """The tables of a store one migration below head, once migrated (on a scratch copy)."""
+    scratch = tmp_path / "scratch.db"
+    url = tracking_store_at(scratch, older_revision(1))
+    mlflow_db.upgrade("tracking", url)
+    engine = create_sqlalchemy_engine(url)
+    try:
+        return engine_tables(engine)
+    finally:
+        engine.dispose()
