@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         "--json", type=Path, metavar="FILE",
         help="request body (MLflow's scoring format, e.g. {\"inputs\": [...]}); default: the model's input example",
     )
+    add("move-to-postgresql",
+        "move MLflow's runs, models and accounts from SQLite to PostgreSQL (backs up first), then run MLflow there")
     add("backup", "back up every data volume now (all hosts, or --limit)")
     add("snapshots", "list the backups")
     add("s3-check", "read back every S3 object, compare it with its ETag and name the runs of the corrupt ones")
@@ -265,6 +267,24 @@ def _invoke(url: str, body: str, ca_bundle: str | None = None) -> object:
             from None
 
 
+def _move(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    # The whole deployment with PostgreSQL chosen: the database host is deployed, then the mlflow
+    # role backs up the SQLite files and copies them before MLflow starts there (roles/mlflow/tasks/schema.yml).
+    extra += ["-e", json.dumps({"aie_mlflow_backend": "postgresql", "aie_mlflow_move": True})]
+    result = _run("site.yml", project_dir, inventory, extra, args)
+    for host, report in sorted(result.facts.items()):
+        moved = report.get("moved")
+        if not moved:
+            continue
+        for store, rows in sorted(moved["moved"].items()):
+            counted = ", ".join(f"{name} {count}" for name, count in sorted(rows.items()) if count)
+            print(f"{host}: moved the {store} database: {counted}")
+        print(f"{host}: every table counted and its first rows compared on both sides, in {moved['seconds']} s")
+    print("aie: MLflow runs on PostgreSQL now: set aie_mlflow_backend: postgresql in the inventory's group_vars "
+          "(the SQLite files stay on MLflow's volume, unused)")
+    return 0
+
+
 def _backup(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
     result = _run("playbooks/backup.yml", project_dir, inventory, extra, args)
     for host, report in sorted(result.facts.items()):
@@ -323,6 +343,7 @@ COMMANDS: dict[str, Handler] = {
     "status": _status,
     "serve": _serve,
     "predict": _predict,
+    "move-to-postgresql": _move,
     "backup": _backup,
     "snapshots": _snapshots,
     "s3-check": _s3_check,

@@ -31,12 +31,16 @@ import os
 import shutil
 import sqlite3
 import sys
+import time
 from contextlib import closing
 from typing import Any
 
 # The alembic version table of each store: MLflow's default for the tracking store, its own
 # for the basic-auth app's account store.
 VERSION_TABLES = {"tracking": "alembic_version", "auth": "alembic_version_auth"}
+# A move copies rows this many at a time, and compares this many of each table once copied.
+BATCH = 5000
+SAMPLE = 200
 
 
 def _utils(store: str) -> Any:
@@ -125,6 +129,112 @@ def upgrade(store: str, url: str) -> None:
             os.remove(copy)
 
 
+def _create(store: str, engine: Any) -> None:
+    """This MLflow's schema in an empty database, made by MLflow's own functions."""
+    if store == "tracking":
+        _utils(store)._initialize_tables(engine)
+    else:
+        _utils(store).migrate(engine, "head")
+
+
+def _drop(engine: Any) -> None:
+    """Every table of a database (with the sequences of their keys): empty again."""
+    from sqlalchemy import MetaData
+
+    tables = MetaData()
+    tables.reflect(engine)
+    tables.drop_all(engine)
+
+
+def _rows(connection: Any, table: Any) -> int:
+    from sqlalchemy import func, select
+
+    return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def _same(left: Any, right: Any) -> bool:
+    """Equal values, NaN equal to NaN (MLflow keeps NaN metrics)."""
+    if isinstance(left, float) and isinstance(right, float) and left != left and right != right:
+        return True
+    return bool(left == right)
+
+
+def copy_store(store: str, source_url: str, target_url: str, sample: int = SAMPLE) -> dict[str, int]:
+    """A store into an empty database: MLflow's schema is made there; then, in one transaction,
+    every row of every table is copied in the order of their foreign keys (the rows MLflow's
+    migrations seed, a default workspace say, are the source's), PostgreSQL's sequences are set
+    past the copied keys, and each table's rows are counted and a sample of them (the first by
+    primary key) compared value by value. Any failure rolls the copy back and drops the schema:
+    the database is empty again.
+
+    Hand-written rather than a tool's: MLflow offers none, and a generic copier (pgloader, say)
+    makes its own schema from SQLite's, not the one MLflow's migrations expect."""
+    from sqlalchemy import MetaData, and_, insert, select, text
+
+    source_engine, target_engine = _engine(source_url), _engine(target_url)
+    try:
+        counts: dict[str, int] = {}
+        _create(store, target_engine)
+        with source_engine.connect() as source, target_engine.begin() as target:
+            source_meta, target_meta = MetaData(), MetaData()
+            source_meta.reflect(source)
+            target_meta.reflect(target)
+            tables = [table for table in target_meta.sorted_tables
+                      if not table.name.startswith("alembic_") and table.name in source_meta.tables]
+            for table in reversed(tables):
+                target.execute(table.delete())
+            for table in tables:
+                origin = source_meta.tables[table.name]
+                columns = [column.name for column in table.columns if column.name in origin.columns]
+                result = source.execution_options(stream_results=True).execute(
+                    select(*(origin.columns[name] for name in columns)))
+                while batch := result.fetchmany(BATCH):
+                    target.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in batch])
+                if target_engine.dialect.name == "postgresql":
+                    for column in table.primary_key.columns:
+                        sequence = target.execute(text("SELECT pg_get_serial_sequence(:t, :c)"),
+                                                  {"t": table.name, "c": column.name}).scalar()
+                        if sequence:
+                            target.execute(text(f'SELECT setval(:s, COALESCE((SELECT max("{column.name}") FROM '
+                                                f'"{table.name}"), 0) + 1, false)'), {"s": sequence})
+                counts[table.name] = _rows(target, table)
+                if counts[table.name] != _rows(source, origin):
+                    raise ValueError(f"{table.name}: {_rows(source, origin)} rows, {counts[table.name]} copied")
+                keys = [column.name for column in table.primary_key.columns]
+                for row in source.execute(select(*(origin.columns[name] for name in columns)).order_by(
+                        *(origin.columns[name] for name in keys)).limit(sample if keys else 0)).all():
+                    values = dict(zip(columns, row, strict=True))
+                    match = target.execute(select(*(table.columns[name] for name in columns)).where(
+                        and_(*(table.columns[name] == values[name] for name in keys)))).one_or_none()
+                    if match is None or not all(map(_same, row, match)):
+                        raise ValueError(f"{table.name}: the row {[values[name] for name in keys]} differs once copied")
+        return counts
+    except BaseException:
+        _drop(target_engine)
+        raise
+    finally:
+        source_engine.dispose()
+        target_engine.dispose()
+
+
+def move(sources: dict[str, str], targets: dict[str, str]) -> dict[str, Any]:
+    """Both stores from their databases (SQLite) into empty ones (PostgreSQL): each source must be
+    at this MLflow's schema, each target empty."""
+    started = time.monotonic()
+    moved: dict[str, Any] = {}
+    for store, source in sources.items():
+        found = state(store, source)
+        if found["state"] == "new":
+            continue
+        if found["state"] != "current":
+            raise ValueError(f"the {store} database is at schema {found['revision']}, not at MLflow's "
+                             f"{found['head']}: bring it there first (aie up)")
+        if state(store, targets[store])["state"] != "new":
+            raise ValueError(f"the target {store} database is not empty: nothing is copied over it")
+        moved[store] = copy_store(store, source, targets[store])
+    return {"moved": moved, "seconds": round(time.monotonic() - started, 1)}
+
+
 def report(urls: dict[str, str]) -> dict[str, Any]:
     import mlflow
 
@@ -132,8 +242,18 @@ def report(urls: dict[str, str]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["move"] and len(argv) == 5:
+        try:
+            print(json.dumps(move({"tracking": argv[1], "auth": argv[2]}, {"tracking": argv[3], "auth": argv[4]})))
+        except Exception as error:  # noqa: BLE001 - any failure: one line; the target's copy was rolled back
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:400]
+            print(f"MLflow's databases were not moved: {first}", file=sys.stderr)
+            return 1
+        return 0
     if len(argv) != 3 or argv[0] not in ("check", "upgrade"):
-        print("usage: python -m aie.mlflow_db check|upgrade TRACKING_URI AUTH_URI", file=sys.stderr)
+        print("usage: python -m aie.mlflow_db check|upgrade TRACKING_URI AUTH_URI\n"
+              "       python -m aie.mlflow_db move TRACKING_URI AUTH_URI TARGET_TRACKING_URI TARGET_AUTH_URI",
+              file=sys.stderr)
         return 2
     urls = {"tracking": argv[1], "auth": argv[2]}
     before = report(urls)

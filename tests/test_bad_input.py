@@ -192,7 +192,11 @@ def test_a_weak_database_password_is_refused(tmp_path: Path, password: str) -> N
         "tracking": {"database": "mlflow", "user": "mlflow", "password": "Abcdefghijklmnopqrstuvwxyz1234"},
         "auth": {"database": "mlflow", "user": "mlflow_auth", "password": "Zyxwvutsrqponmlkjihgfedcba4321"}}},
      "the tracking and auth databases need distinct database and user names"),
-], ids=["unknown backend", "external without a host", "one database for both stores"])
+    ({"aie_mlflow_backend": "postgresql", "aie_mlflow_move": True},
+     "Nothing to move to PostgreSQL: MLflow runs on no SQLite store here."),
+    ({"aie_mlflow_version": "3.17"}, "aie_mlflow_version=3.17: not a release number X.Y.Z"),
+], ids=["unknown backend", "external without a host", "one database for both stores", "a move with nothing to move",
+        "a malformed MLflow release"])
 def test_a_bad_database_setting_is_refused(tmp_path: Path, settings: dict[str, object], shown: str) -> None:
     output = deploy(tmp_path, **settings)
     assert shown in output

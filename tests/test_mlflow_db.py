@@ -142,3 +142,78 @@ def mlflow_db_tables_after_upgrade(tmp_path: Path) -> list[str]:
         return engine_tables(engine)
     finally:
         engine.dispose()
+
+
+def filled_stores(folder: Path) -> dict[str, str]:
+    """A tracking store and an account store with what users keep in them, made by MLflow."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    urls = {"tracking": f"sqlite:///{folder}/mlflow.db", "auth": f"sqlite:///{folder}/basic_auth.db"}
+    client = mlflow.MlflowClient(urls["tracking"])
+    experiment = client.create_experiment("moved")
+    for number in range(3):
+        run = client.create_run(experiment, run_name=f"run-{number}")
+        client.log_batch(run.info.run_id, metrics=[Metric("loss", 1 / (step + 1), 1000 + step, step)
+                                                   for step in range(50)] + [Metric("gap", float("nan"), 1, 0)],
+                         params=[Param("lr", str(number))], tags=[RunTag("team", "a")])
+    client.create_registered_model("model")
+    version = client.create_model_version("model", f"{run.info.artifact_uri}/model", run.info.run_id)
+    client.set_registered_model_alias("model", "champion", version.version)
+    client.create_logged_model(experiment, name="logged")
+    accounts = SqlAlchemyStore()
+    accounts.init_db(urls["auth"])
+    accounts.create_user("alice", "alice-password-0123456789", False)
+    accounts.engine.dispose()
+    return urls
+
+
+def test_a_move_copies_every_row_and_refuses_a_target_with_data(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "from").mkdir()
+    (tmp_path / "to").mkdir()
+    sources = filled_stores(tmp_path / "from")
+    targets = {"tracking": f"sqlite:///{tmp_path}/to/mlflow.db", "auth": f"sqlite:///{tmp_path}/to/basic_auth.db"}
+    code, out, err = run_main("move", sources["tracking"], sources["auth"], targets["tracking"], targets["auth"],
+                              capsys=capsys)
+    assert code == 0, err
+    assert out is not None
+    moved = out["moved"]
+    assert moved["tracking"]["runs"] == 3 and moved["tracking"]["metrics"] == 3 * 51
+    assert moved["tracking"]["model_versions"] == 1 and moved["tracking"]["registered_model_aliases"] == 1
+    assert moved["tracking"]["logged_models"] == 1 and moved["auth"]["users"] == 1
+    before, after = mlflow.MlflowClient(sources["tracking"]), mlflow.MlflowClient(targets["tracking"])
+    runs = before.search_runs([before.get_experiment_by_name("moved").experiment_id])
+    for run in runs:
+        assert (after.get_run(run.info.run_id).data.to_dictionary().keys()
+                == run.data.to_dictionary().keys())
+        assert after.get_run(run.info.run_id).data.params == run.data.params
+        assert ([(m.step, m.value, m.timestamp) for m in after.get_metric_history(run.info.run_id, "loss")]
+                == [(m.step, m.value, m.timestamp) for m in before.get_metric_history(run.info.run_id, "loss")])
+    assert after.get_model_version_by_alias("model", "champion").run_id in {run.info.run_id for run in runs}
+    with closing(sqlite3.connect(tmp_path / "to" / "basic_auth.db")) as db:
+        assert db.execute("SELECT username FROM users").fetchall() == [("alice",)]
+    # A second move finds the target filled, and copies nothing over it.
+    kept = digest(tmp_path / "to" / "mlflow.db")
+    code, _, err = run_main("move", sources["tracking"], sources["auth"], targets["tracking"], targets["auth"],
+                            capsys=capsys)
+    assert code == 1
+    assert "MLflow's databases were not moved: the target tracking database is not empty" in err
+    assert digest(tmp_path / "to" / "mlflow.db") == kept
+
+
+def test_a_move_that_finds_a_difference_leaves_the_target_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "from").mkdir()
+    sources = filled_stores(tmp_path / "from")
+    target = f"sqlite:///{tmp_path}/to.db"
+    monkeypatch.setattr(mlflow_db, "_same", lambda left, right: not (isinstance(left, float) and left > 0.9))
+    code, _, err = run_main("move", sources["tracking"], sources["auth"], target, f"sqlite:///{tmp_path}/auth.db",
+                            capsys=capsys)
+    assert code == 1
+    assert "differs once copied" in err.strip().splitlines()[-1]
+    engine = create_sqlalchemy_engine(target)
+    try:
+        assert engine_tables(engine) == []
+    finally:
+        engine.dispose()

@@ -142,7 +142,7 @@ def test_mlflow_keeps_runs_and_accounts_in_postgresql_over_tls(pg_stack: dict[st
 
 
 def test_the_upgrade_backed_up_migrated_and_kept_every_run_and_model(pg_stack: dict[str, Any]) -> None:
-    lines = pg_stack["up"].stdout.splitlines()
+    lines = pg_stack["up"].stderr.splitlines()
     backup = next(i for i, line in enumerate(lines) if "Run aie-backup backup" in line)
     migrate = next(i for i, line in enumerate(lines) if "Run aie.mlflow_db upgrade" in line)
     assert backup < migrate, "\n".join(lines)

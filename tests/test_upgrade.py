@@ -53,7 +53,7 @@ PREVIOUS_IMAGES = {"aie_common_image": "common", "aie_python_image": "python", "
 INVENTORY = {
     "all": {
         "children": {"aie": {"children": {group: {"hosts": {"localhost": {}}}
-                                          for group in ("mlflow", "sftp", "minio", "jupyterlab")}}},
+                                          for group in ("mlflow", "sftp", "minio", "jupyterlab", "database")}}},
         "hosts": {"localhost": {"ansible_connection": "local",
                                 "ansible_python_interpreter": "{{ ansible_playbook_python }}"}},
         "vars": {"aie_publish_address": "127.0.0.1"},
@@ -122,10 +122,14 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     keys = work / "keys"
     inventory = work / "inventory.yml"
     inventory.write_text(yaml.safe_dump(INVENTORY))
+    # MLflow stays on SQLite, where the previous release kept its runs (moved by test_the_move_...).
     settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE,
-                "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"), **PORTS}
+                "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
+                "aie_mlflow_backend": "sqlite", **PORTS}
     extra = write_vars(work / "vars.json", settings)
-    leftovers = aie("down", "--purge", "--yes", "-i", str(inventory), "-e", extra, timeout=600)
+    # Down with PostgreSQL chosen: its container and volume, left by an interrupted run, go too.
+    everything = ["-i", str(inventory), "-e", extra, "-e", "aie_mlflow_backend=postgresql"]
+    leftovers = aie("down", "--purge", "--yes", *everything, timeout=600)
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
 
     previous = previous_release(work / "previous")
@@ -149,9 +153,9 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
         print(f"upgrade from {PREVIOUS} (MLflow {PREVIOUS_MLFLOW}) to MLflow {PINNED_MLFLOW}: "
               f"aie up {time.monotonic() - started:.0f} s")
         yield {"keys": keys, "logged": json.loads(logged.stdout.strip().splitlines()[-1]), "up": up,
-               "inventory": inventory, "vars": work / "vars.json"}
+               "inventory": inventory, "vars": work / "vars.json", "extra": extra}
     finally:
-        down = aie("down", "--purge", "--yes", "-i", str(inventory), "-e", extra, timeout=600)
+        down = aie("down", "--purge", "--yes", *everything, timeout=600)
         assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
         assert containers(PREFIX) == []
 
@@ -199,7 +203,7 @@ def test_the_previous_minor_is_the_one_before_the_pin() -> None:
 
 
 def test_mlflow_s_database_was_backed_up_then_migrated(upgraded: dict[str, Any]) -> None:
-    lines = upgraded["up"].stdout.splitlines()
+    lines = upgraded["up"].stderr.splitlines()
     backup = next(i for i, line in enumerate(lines) if "Run aie-backup backup" in line)
     migrate = next(i for i, line in enumerate(lines) if "Run aie.mlflow_db upgrade" in line)
     assert backup < migrate, "\n".join(lines)
@@ -221,5 +225,45 @@ def test_an_older_mlflow_than_the_one_running_is_refused_before_anything_changes
     assert down.returncode != 0
     assert (f"aie_mlflow_version={PREVIOUS_MLFLOW}: older than MLflow {PINNED_MLFLOW}, which runs in "
             f"{PREFIX}-mlflow") in down.stdout + down.stderr, down.stdout[-3000:]
-    assert "changed " not in down.stdout, down.stdout[-3000:]
+    assert "  changed " not in down.stderr, down.stderr[-3000:]
     assert run(["docker", "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", f"{PREFIX}-mlflow"]).stdout == before
+
+
+# Last: the upgraded deployment, with its runs, model, accounts and artifacts, moves to PostgreSQL.
+@pytest.fixture(scope="module")
+def moved(upgraded: dict[str, Any]) -> dict[str, Any]:
+    started = time.monotonic()
+    done = aie("move-to-postgresql", "-i", str(upgraded["inventory"]), "-e", upgraded["extra"])
+    print(f"move to PostgreSQL: aie move-to-postgresql {time.monotonic() - started:.0f} s")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(done.stdout)
+    return {"done": done}
+
+
+def test_the_move_to_postgresql_backs_up_and_reports_what_it_moved(moved: dict[str, Any]) -> None:
+    done = moved["done"]
+    assert done.stderr.index("Run aie-backup backup") < done.stderr.index("Run aie.mlflow_db move")
+    tracking = next(line for line in done.stdout.splitlines() if "moved the tracking database:" in line)
+    counts = dict(item.rsplit(" ", 1) for item in tracking.split(": ", 2)[2].split(", "))
+    assert int(counts["runs"]) == 2 and int(counts["metrics"]) == 10, tracking
+    assert int(counts["model_versions"]) == 1 and int(counts["registered_model_aliases"]) == 1, tracking
+    assert "moved the auth database:" in done.stdout
+    args = run(["docker", "inspect", "-f", "{{json .Args}}", f"{PREFIX}-mlflow"], timeout=60).stdout
+    assert f"--backend-store-uri=postgresql+psycopg://mlflow@{PREFIX}-database:5432/mlflow" in args
+
+
+def test_runs_models_accounts_and_artifacts_read_back_after_the_move(moved: dict[str, Any], upgraded: dict[str, Any],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    test_runs_metrics_and_models_survive_the_upgrade(upgraded, monkeypatch)
+    test_artifacts_read_back_byte_for_byte_with_accounts_and_https(upgraded)
+    # MLflow's own client account (the notebooks') signs in on PostgreSQL's account store.
+    password = (upgraded["keys"] / "secrets" / "mlflow_jupyterlab_password").read_text().split()[0]
+    search = MLFLOW_URL + "/api/2.0/mlflow/experiments/search?max_results=1"
+    assert http_status(search, account=("jupyterlab", password), cafile=tls_ca(upgraded["keys"])) == 200
+
+
+def test_after_the_move_mlflow_on_sqlite_is_refused(moved: dict[str, Any], upgraded: dict[str, Any]) -> None:
+    refused = aie("up", "-i", str(upgraded["inventory"]), "-e", upgraded["extra"], timeout=600)
+    assert refused.returncode != 0
+    assert (f"MLflow's runs are in PostgreSQL (the container {PREFIX}-mlflow runs on it), not in SQLite"
+            in refused.stderr.strip().splitlines()[-1])
