@@ -2,7 +2,9 @@
 service role on a test host of its own).
 
 Every test host is a container with its own Docker engine and sshd (molecule/resources);
-each scenario runs check mode, converge, idempotence (changed=0) and a user-like verify.
+`prerequisites` runs check mode, converge and idempotence (changed=0); `multihost` converges
+across the hosts and runs a user-like verify (check mode and changed=0 are asserted on the
+single-host stacks).
 """
 
 from __future__ import annotations

@@ -4,10 +4,6 @@ MLflow's tracking and account stores are PostgreSQL databases reached over TLS w
 from a password file; the server refuses plain connections, wrong passwords and a role in the
 other store's database; 64 clients log metrics with no error; a backup is a pg_dump that
 `aie restore` loads into a new cluster; MLflow's Prometheus metrics answer signed-in accounts.
-
-The stack is first deployed with the previous minor release of MLflow (PREVIOUS_MLFLOW, its
-images under names of their own), a run with metric steps and a registered model with an alias
-are logged, and `aie up` with the pinned release upgrades it: backup, migrations, new server.
 """
 
 from __future__ import annotations
@@ -22,27 +18,13 @@ from typing import Any
 
 import pytest
 
-from conftest import (
-    PINNED_MLFLOW,
-    PREVIOUS_MLFLOW,
-    aie,
-    bounded_load,
-    containers,
-    http_status,
-    mlflow_admin,
-    run,
-    tls_ca,
-    write_vars,
-)
+from conftest import aie, bounded_load, containers, http_status, mlflow_admin, run, tls_ca, write_vars
 
 PREFIX = "aiepg"
 PORTS = {"aie_mlflow_port": 35500, "aie_sftp_port": 32222, "aie_s3_port": 39000,
          "aie_jupyterlab_port": 38888, "aie_serving_port": 35001, "aie_database_port": 35432}
 URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
 DATABASE = f"{PREFIX}-database"
-# The images of the previous MLflow release: every image built on the Python image.
-PREVIOUS_IMAGES = {"aie_python_image": "aie-prev/python:latest", "mlflow_image": "aie-prev/mlflow:latest",
-                   "aie_ml_image": "aie-prev/ml:latest", "jupyterlab_image": "aie-prev/jupyterlab:latest"}
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +37,12 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     extra = write_vars(work / "vars.json", settings)
     leftovers = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
-    previous = aie("up", "-e", write_vars(work / "previous.json", {
-        **settings, **PREVIOUS_IMAGES, "aie_mlflow_version": PREVIOUS_MLFLOW}))
+    up = aie("up", "-e", extra)
     saved = {name: os.environ.get(name) for name in mlflow_admin(keys)}
     try:
-        assert previous.returncode == 0, previous.stdout[-3000:] + previous.stderr[-3000:]
-        os.environ.update(mlflow_admin(keys))
-        logged = log_run("before-the-upgrade", 20)
-        mlflow = client()
-        mlflow.create_registered_model("upgrade-drill")
-        version = mlflow.create_model_version("upgrade-drill", f"{mlflow.get_run(logged).info.artifact_uri}/model",
-                                              run_id=logged)
-        mlflow.set_registered_model_alias("upgrade-drill", "champion", version.version)
-        started = time.perf_counter()
-        up = aie("up", "-e", extra)
-        print(f"upgrade from MLflow {PREVIOUS_MLFLOW} to {PINNED_MLFLOW} on PostgreSQL: "
-              f"aie up {time.perf_counter() - started:.0f} s")
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        yield {"extra": extra, "keys": keys, "logged": logged, "up": up}
+        os.environ.update(mlflow_admin(keys))
+        yield {"extra": extra, "keys": keys}
     finally:
         for name, value in saved.items():
             if value is None:
@@ -139,25 +109,6 @@ def test_mlflow_keeps_runs_and_accounts_in_postgresql_over_tls(pg_stack: dict[st
     assert {line.split("|")[0] for line in sessions} == {"mlflow", "mlflow_auth"}, sessions
     assert {line.split("|")[1] for line in sessions} == {"t"}, sessions
     assert psql("SHOW password_encryption") == "scram-sha-256"
-
-
-def test_the_upgrade_backed_up_migrated_and_kept_every_run_and_model(pg_stack: dict[str, Any]) -> None:
-    lines = pg_stack["up"].stderr.splitlines()
-    backup = next(i for i, line in enumerate(lines) if "Run aie-backup backup" in line)
-    migrate = next(i for i, line in enumerate(lines) if "Run aie.mlflow_db upgrade" in line)
-    assert backup < migrate, "\n".join(lines)
-    head = run(["docker", "exec", f"{PREFIX}-mlflow", "python", "-c",
-                "from mlflow.store.db.utils import _get_latest_schema_revision as h; print(h())"], timeout=120)
-    assert head.returncode == 0, head.stderr[-2000:]
-    assert psql("SELECT version_num FROM alembic_version") == head.stdout.strip()
-    label = run(["docker", "inspect", "-f", '{{index .Config.Labels "org.aie.mlflow-version"}}',
-                 f"{PREFIX}-mlflow"], timeout=60)
-    assert label.stdout.strip() == PINNED_MLFLOW
-    mlflow = client()
-    history = mlflow.get_metric_history(pg_stack["logged"], "loss")
-    assert sorted((m.step, m.value) for m in history) == [(step, 1.0 / (step + 1)) for step in range(20)]
-    assert mlflow.get_run(pg_stack["logged"]).data.params == {"backend": "postgresql"}
-    assert mlflow.get_model_version_by_alias("upgrade-drill", "champion").run_id == pg_stack["logged"]
 
 
 def test_postgresql_refuses_plain_connections_wrong_passwords_and_other_databases(pg_stack: dict[str, Any]) -> None:
