@@ -99,13 +99,17 @@ def state(store: str, url: str) -> dict[str, Any]:
     return {"state": status, "revision": revision, "head": head}
 
 
+def _run_migrations(store: str, engine: Any) -> None:
+    if store == "tracking":
+        _utils(store)._upgrade_db(engine)
+    else:
+        _utils(store).migrate(engine, "head")
+
+
 def _migrate(store: str, url: str) -> None:
     engine = _engine(url)
     try:
-        if store == "tracking":
-            _utils(store)._upgrade_db(engine)
-        else:
-            _utils(store).migrate(engine, "head")
+        _run_migrations(store, engine)
     finally:
         engine.dispose()
 
@@ -130,11 +134,12 @@ def upgrade(store: str, url: str) -> None:
 
 
 def _create(store: str, engine: Any) -> None:
-    """This MLflow's schema in an empty database, made by MLflow's own functions."""
+    """This MLflow's schema in an empty database, made by MLflow's own functions (the account
+    store's migrations start from nothing; the tracking store's from MLflow's initial tables)."""
     if store == "tracking":
         _utils(store)._initialize_tables(engine)
     else:
-        _utils(store).migrate(engine, "head")
+        _run_migrations(store, engine)
 
 
 def _drop(engine: Any) -> None:
@@ -197,9 +202,9 @@ def copy_store(store: str, source_url: str, target_url: str, sample: int = SAMPL
                         if sequence:
                             target.execute(text(f'SELECT setval(:s, COALESCE((SELECT max("{column.name}") FROM '
                                                 f'"{table.name}"), 0) + 1, false)'), {"s": sequence})
-                counts[table.name] = _rows(target, table)
-                if counts[table.name] != _rows(source, origin):
-                    raise ValueError(f"{table.name}: {_rows(source, origin)} rows, {counts[table.name]} copied")
+                counts[table.name], expected = _rows(target, table), _rows(source, origin)
+                if counts[table.name] != expected:
+                    raise ValueError(f"{table.name}: {expected} rows, {counts[table.name]} copied")
                 keys = [column.name for column in table.primary_key.columns]
                 for row in source.execute(select(*(origin.columns[name] for name in columns)).order_by(
                         *(origin.columns[name] for name in keys)).limit(sample if keys else 0)).all():

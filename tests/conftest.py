@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -25,10 +24,6 @@ PORTS = {
 ENGINE = os.environ.get("AIE_TEST_S3_ENGINE", "rgw")
 # The end-to-end stack's MLflow, over HTTPS (its CA: tls_ca(keys)).
 MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
-# MLflow's release pinned for the images, and the upgrade drills' previous one: the last release
-# of the minor before (tests/test_upgrade.py checks that it is).
-PINNED_MLFLOW = str(yaml.safe_load((PROJECT / "group_vars/all/images.yml").read_text())["aie_mlflow_version"])
-PREVIOUS_MLFLOW = "3.16.1"
 
 
 def tls_ca(keys: Path) -> Path:
