@@ -195,8 +195,10 @@ def test_a_weak_database_password_is_refused(tmp_path: Path, password: str) -> N
     ({"aie_mlflow_backend": "postgresql", "aie_mlflow_move": True},
      "Nothing to move to PostgreSQL: MLflow runs on no SQLite store here."),
     ({"aie_mlflow_version": "3.17"}, "aie_mlflow_version=3.17: not a release number X.Y.Z"),
+    # MLflow would read an overflow of 0 as its default (10).
+    ({"mlflow_db_max_overflow": 0}, "mlflow_db_max_overflow are whole numbers, 1 or more (got 2, 40, 0)"),
 ], ids=["unknown backend", "external without a host", "one database for both stores", "a move with nothing to move",
-        "a malformed MLflow release"])
+        "a malformed MLflow release", "no overflow connection"])
 def test_a_bad_database_setting_is_refused(tmp_path: Path, settings: dict[str, object], shown: str) -> None:
     output = deploy(tmp_path, **settings)
     assert shown in output
