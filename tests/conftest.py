@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -24,6 +25,10 @@ PORTS = {
 ENGINE = os.environ.get("AIE_TEST_S3_ENGINE", "rgw")
 # The end-to-end stack's MLflow, over HTTPS (its CA: tls_ca(keys)).
 MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
+# MLflow's release pinned for the images, and the previous one the upgrade drills start from: the
+# last release of the minor before (test_upgrade.py checks that it is).
+PINNED_MLFLOW = str(yaml.safe_load((PROJECT / "group_vars/all/images.yml").read_text())["aie_mlflow_version"])
+PREVIOUS_MLFLOW = "3.16.1"
 
 
 def tls_ca(keys: Path) -> Path:
@@ -42,8 +47,8 @@ def run(args: Sequence[str], timeout: float = 1800, extra_env: dict[str, str] | 
     )
 
 
-def aie(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "aie.cli", *args], timeout=timeout)
+def aie(*args: str, timeout: float = 3600, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "aie.cli", *args], timeout=timeout, extra_env=extra_env)
 
 
 def ansible_playbook(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,14 @@ MLflow's tracking and account stores are PostgreSQL databases reached over TLS w
 from a password file; the server refuses plain connections, wrong passwords and a role in the
 other store's database; 64 clients log metrics with no error; a backup is a pg_dump that
 `aie restore` loads into a new cluster; MLflow's Prometheus metrics answer signed-in accounts.
+
+The stack is first deployed with the previous minor release of MLflow (PREVIOUS_MLFLOW: its Python
+and MLflow images under names of their own), without JupyterLab and serving (optional groups whose
+TensorFlow images would only be rebuilt at the old release); a run with metric steps and a
+registered model with an alias are logged, and `aie up` with the pinned release and the whole
+local inventory upgrades it: backup, migrations, new server. Last, the same MLflow is pointed at
+this PostgreSQL server as an `external` one (as a managed service would be given: its address, its
+CA, accounts from an Ansible Vault file).
 """
 
 from __future__ import annotations
@@ -17,14 +25,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from conftest import aie, bounded_load, containers, http_status, mlflow_admin, run, tls_ca, write_vars
+from conftest import (
+    BIN,
+    PINNED_MLFLOW,
+    PREVIOUS_MLFLOW,
+    aie,
+    bounded_load,
+    containers,
+    http_status,
+    mlflow_admin,
+    run,
+    tls_ca,
+    write_vars,
+)
 
 PREFIX = "aiepg"
 PORTS = {"aie_mlflow_port": 35500, "aie_sftp_port": 32222, "aie_s3_port": 39000,
          "aie_jupyterlab_port": 38888, "aie_serving_port": 35001, "aie_database_port": 35432}
 URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
 DATABASE = f"{PREFIX}-database"
+# The previous deployment: MLflow's images at the previous release, and no JupyterLab or serving.
+PREVIOUS_IMAGES = {"aie_python_image": "aie-prev/python:latest", "mlflow_image": "aie-prev/mlflow:latest"}
+PREVIOUS_INVENTORY = {
+    "all": {
+        "children": {"aie": {"children": {group: {"hosts": {"localhost": {}}}
+                                          for group in ("mlflow", "sftp", "minio", "database")}}},
+        "hosts": {"localhost": {"ansible_connection": "local",
+                                "ansible_python_interpreter": "{{ ansible_playbook_python }}"}},
+        "vars": {"aie_publish_address": "127.0.0.1"},
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +69,27 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     extra = write_vars(work / "vars.json", settings)
     leftovers = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
-    up = aie("up", "-e", extra)
+    inventory = work / "previous.yml"
+    inventory.write_text(yaml.safe_dump(PREVIOUS_INVENTORY))
+    previous = aie("up", "-i", str(inventory), "-e", write_vars(work / "previous.json", {
+        **settings, **PREVIOUS_IMAGES, "aie_mlflow_version": PREVIOUS_MLFLOW}))
     saved = {name: os.environ.get(name) for name in mlflow_admin(keys)}
     try:
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        assert previous.returncode == 0, previous.stdout[-3000:] + previous.stderr[-3000:]
+        assert not containers(PREFIX) or f"{PREFIX}-jupyterlab" not in containers(PREFIX)
         os.environ.update(mlflow_admin(keys))
-        yield {"extra": extra, "keys": keys}
+        logged = log_run("before-the-upgrade", 20)
+        mlflow = client()
+        mlflow.create_registered_model("upgrade-drill")
+        version = mlflow.create_model_version("upgrade-drill", f"{mlflow.get_run(logged).info.artifact_uri}/model",
+                                              run_id=logged)
+        mlflow.set_registered_model_alias("upgrade-drill", "champion", version.version)
+        started = time.perf_counter()
+        up = aie("up", "-e", extra)
+        print(f"upgrade from MLflow {PREVIOUS_MLFLOW} to {PINNED_MLFLOW} on PostgreSQL: "
+              f"aie up {time.perf_counter() - started:.0f} s")
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        yield {"extra": extra, "keys": keys, "work": work, "logged": logged, "up": up}
     finally:
         for name, value in saved.items():
             if value is None:
@@ -111,6 +158,27 @@ def test_mlflow_keeps_runs_and_accounts_in_postgresql_over_tls(pg_stack: dict[st
     assert psql("SHOW password_encryption") == "scram-sha-256"
 
 
+def test_the_upgrade_backed_up_migrated_and_kept_every_run_and_model(pg_stack: dict[str, Any]) -> None:
+    lines = pg_stack["up"].stderr.splitlines()
+    backup = next(i for i, line in enumerate(lines) if "Run aie-backup backup" in line)
+    migrate = next(i for i, line in enumerate(lines) if "Run aie.mlflow_db upgrade" in line)
+    assert backup < migrate, "\n".join(lines)
+    head = run(["docker", "exec", f"{PREFIX}-mlflow", "python", "-c",
+                "from mlflow.store.db.utils import _get_latest_schema_revision as h; print(h())"], timeout=120)
+    assert head.returncode == 0, head.stderr[-2000:]
+    assert psql("SELECT version_num FROM alembic_version") == head.stdout.strip()
+    label = run(["docker", "inspect", "-f", '{{index .Config.Labels "org.aie.mlflow-version"}}',
+                 f"{PREFIX}-mlflow"], timeout=60)
+    assert label.stdout.strip() == PINNED_MLFLOW
+    mlflow = client()
+    history = mlflow.get_metric_history(pg_stack["logged"], "loss")
+    assert sorted((m.step, m.value) for m in history) == [(step, 1.0 / (step + 1)) for step in range(20)]
+    assert mlflow.get_run(pg_stack["logged"]).data.params == {"backend": "postgresql"}
+    assert mlflow.get_model_version_by_alias("upgrade-drill", "champion").run_id == pg_stack["logged"]
+    # The whole inventory is deployed now: JupyterLab joined with the upgrade.
+    assert f"{PREFIX}-jupyterlab" in containers(PREFIX)
+
+
 def test_postgresql_refuses_plain_connections_wrong_passwords_and_other_databases(pg_stack: dict[str, Any]) -> None:
     keys = pg_stack["keys"]
     password = secret(keys, "database_mlflow_password")
@@ -171,3 +239,42 @@ def test_a_second_up_changes_nothing(pg_stack: dict[str, Any]) -> None:
     again = aie("up", "-e", pg_stack["extra"], timeout=1800)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "changed=0" in again.stdout, again.stdout[-3000:]
+
+
+def test_mlflow_runs_on_an_external_postgresql_given_by_address_ca_and_vault(pg_stack: dict[str, Any]) -> None:
+    """The stack's PostgreSQL as if it were a managed service: MLflow is given its name, port and
+    CA, and the accounts from a Vault-encrypted vars file; no database is deployed for it."""
+    keys, work = pg_stack["keys"], pg_stack["work"]
+    accounts = {store: {"database": name, "user": name, "password": secret(keys, f"database_{store}_password")}
+                for store, name in (("mlflow", "mlflow"), ("auth", "mlflow_auth"))}
+    external = work / "external.yml"
+    external.write_text(yaml.safe_dump({
+        "aie_mlflow_backend": "external",
+        "aie_database_external": {"host": DATABASE, "port": 5432, "ca_bundle": str(tls_ca(keys))},
+        "aie_database_accounts": {"tracking": accounts["mlflow"], "auth": accounts["auth"]},
+    }))
+    vault_password = work / "vault-password"
+    vault_password.write_text(os.urandom(16).hex())
+    encrypted = run([str(BIN / "ansible-vault"), "encrypt", "--vault-password-file", str(vault_password),
+                     str(external)], timeout=120)
+    assert encrypted.returncode == 0, encrypted.stderr
+    assert accounts["mlflow"]["password"] not in external.read_text()
+    kept = log_run("before-going-external", 4)
+    up = aie("up", "-e", pg_stack["extra"], "-e", f"@{external}",
+             extra_env={"ANSIBLE_VAULT_PASSWORD_FILE": str(vault_password)})
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    assert accounts["mlflow"]["password"] not in up.stdout + up.stderr
+    args = json.loads(run(["docker", "inspect", "-f", "{{json .Args}}", f"{PREFIX}-mlflow"], timeout=60).stdout)
+    store = next(a for a in args if a.startswith("--backend-store-uri="))
+    # The given CA bundle, checked with the server's name.
+    assert store == (f"--backend-store-uri=postgresql+psycopg://mlflow@{DATABASE}:5432/mlflow"
+                     "?sslmode=verify-full&sslrootcert=/etc/aie/database/ca.pem"), store
+    mlflow = client()
+    assert sorted(m.step for m in mlflow.get_metric_history(kept, "loss")) == list(range(4))
+    after = log_run("on-the-external-server", 3)
+    assert psql(f"SELECT count(*) FROM metrics WHERE run_uuid = '{after}'") == "3"
+    status = aie("status", "-e", pg_stack["extra"], "-e", f"@{external}",
+                 extra_env={"ANSIBLE_VAULT_PASSWORD_FILE": str(vault_password)}, timeout=300)
+    print(status.stdout)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "mlflow        healthy" in status.stdout, status.stdout

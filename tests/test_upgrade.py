@@ -29,6 +29,8 @@ from mlflow.tracking import MlflowClient
 from conftest import (
     BIN,
     ENGINE,
+    PINNED_MLFLOW,
+    PREVIOUS_MLFLOW,
     PROJECT,
     aie,
     containers,
@@ -41,10 +43,6 @@ from conftest import (
 
 # The last release before MLflow accounts, HTTPS, the S3 client account and non-root containers.
 PREVIOUS = "29ef9ff"
-# MLflow's release pinned for the images, and the previous deployment's: the last release of the
-# minor before (test_the_previous_minor_is_the_one_before_the_pin checks that it is).
-PINNED_MLFLOW = str(yaml.safe_load((PROJECT / "group_vars/all/images.yml").read_text())["aie_mlflow_version"])
-PREVIOUS_MLFLOW = "3.16.1"
 PREFIX = "aieup"
 PORTS = {"aie_mlflow_port": 25500, "aie_sftp_port": 22222, "aie_s3_port": 29000, "aie_jupyterlab_port": 28888}
 MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
