@@ -149,6 +149,17 @@ def write_vars(path: Path, values: dict[str, object]) -> str:
     return f"@{path}"
 
 
+def write_local_inventory(path: Path, groups: Sequence[str]) -> Path:
+    """A single-host inventory like inventory/local with only these service groups; its path."""
+    path.write_text(yaml.safe_dump({"all": {
+        "children": {"aie": {"children": {group: {"hosts": {"localhost": {}}} for group in groups}}},
+        "hosts": {"localhost": {"ansible_connection": "local",
+                                "ansible_python_interpreter": "{{ ansible_playbook_python }}"}},
+        "vars": {"aie_publish_address": "127.0.0.1"},
+    }}))
+    return path
+
+
 def in_jupyterlab(*command: str) -> list[str]:
     """`docker exec` of a command in the JupyterLab container as the user the notebooks run as."""
     uid = (PROJECT / "notebooks").stat().st_uid

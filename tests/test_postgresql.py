@@ -38,6 +38,7 @@ from conftest import (
     mlflow_admin,
     run,
     tls_ca,
+    write_local_inventory,
     write_vars,
 )
 
@@ -48,15 +49,7 @@ URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
 DATABASE = f"{PREFIX}-database"
 # The previous deployment: MLflow's images at the previous release, and no JupyterLab or serving.
 PREVIOUS_IMAGES = {"aie_python_image": "aie-prev/python:latest", "mlflow_image": "aie-prev/mlflow:latest"}
-PREVIOUS_INVENTORY = {
-    "all": {
-        "children": {"aie": {"children": {group: {"hosts": {"localhost": {}}}
-                                          for group in ("mlflow", "sftp", "minio", "database")}}},
-        "hosts": {"localhost": {"ansible_connection": "local",
-                                "ansible_python_interpreter": "{{ ansible_playbook_python }}"}},
-        "vars": {"aie_publish_address": "127.0.0.1"},
-    }
-}
+PREVIOUS_GROUPS = ("mlflow", "sftp", "minio", "database")
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +62,13 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     extra = write_vars(work / "vars.json", settings)
     leftovers = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
-    inventory = work / "previous.yml"
-    inventory.write_text(yaml.safe_dump(PREVIOUS_INVENTORY))
+    inventory = write_local_inventory(work / "previous.yml", PREVIOUS_GROUPS)
     previous = aie("up", "-i", str(inventory), "-e", write_vars(work / "previous.json", {
         **settings, **PREVIOUS_IMAGES, "aie_mlflow_version": PREVIOUS_MLFLOW}))
     saved = {name: os.environ.get(name) for name in mlflow_admin(keys)}
     try:
         assert previous.returncode == 0, previous.stdout[-3000:] + previous.stderr[-3000:]
-        assert not containers(PREFIX) or f"{PREFIX}-jupyterlab" not in containers(PREFIX)
+        assert f"{PREFIX}-jupyterlab" not in containers(PREFIX)
         os.environ.update(mlflow_admin(keys))
         logged = log_run("before-the-upgrade", 20)
         mlflow = client()
@@ -245,25 +237,28 @@ def test_mlflow_runs_on_an_external_postgresql_given_by_address_ca_and_vault(pg_
     """The stack's PostgreSQL as if it were a managed service: MLflow is given its name, port and
     CA, and the accounts from a Vault-encrypted vars file; no database is deployed for it."""
     keys, work = pg_stack["keys"], pg_stack["work"]
-    accounts = {store: {"database": name, "user": name, "password": secret(keys, f"database_{store}_password")}
-                for store, name in (("mlflow", "mlflow"), ("auth", "mlflow_auth"))}
+    # The accounts the stack made (group_vars/all/database.yml), given as an owner would give them.
+    accounts = {
+        "tracking": {"database": "mlflow", "user": "mlflow", "password": secret(keys, "database_mlflow_password")},
+        "auth": {"database": "mlflow_auth", "user": "mlflow_auth", "password": secret(keys, "database_auth_password")},
+    }
     external = work / "external.yml"
     external.write_text(yaml.safe_dump({
         "aie_mlflow_backend": "external",
         "aie_database_external": {"host": DATABASE, "port": 5432, "ca_bundle": str(tls_ca(keys))},
-        "aie_database_accounts": {"tracking": accounts["mlflow"], "auth": accounts["auth"]},
+        "aie_database_accounts": accounts,
     }))
     vault_password = work / "vault-password"
     vault_password.write_text(os.urandom(16).hex())
     encrypted = run([str(BIN / "ansible-vault"), "encrypt", "--vault-password-file", str(vault_password),
                      str(external)], timeout=120)
     assert encrypted.returncode == 0, encrypted.stderr
-    assert accounts["mlflow"]["password"] not in external.read_text()
+    assert accounts["tracking"]["password"] not in external.read_text()
     kept = log_run("before-going-external", 4)
     up = aie("up", "-e", pg_stack["extra"], "-e", f"@{external}",
              extra_env={"ANSIBLE_VAULT_PASSWORD_FILE": str(vault_password)})
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-    assert accounts["mlflow"]["password"] not in up.stdout + up.stderr
+    assert accounts["tracking"]["password"] not in up.stdout + up.stderr
     args = json.loads(run(["docker", "inspect", "-f", "{{json .Args}}", f"{PREFIX}-mlflow"], timeout=60).stdout)
     store = next(a for a in args if a.startswith("--backend-store-uri="))
     # The given CA bundle, checked with the server's name.

@@ -38,6 +38,7 @@ from conftest import (
     mlflow_admin,
     run,
     tls_ca,
+    write_local_inventory,
     write_vars,
 )
 
@@ -50,15 +51,8 @@ MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
 PREVIOUS_IMAGES = {"aie_common_image": "common", "aie_python_image": "python", "aie_ml_image": "ml",
                    "mlflow_image": "mlflow", "sftp_image": "sftp", "backup_image": "backup",
                    "jupyterlab_image": "jupyterlab"}
-INVENTORY = {
-    "all": {
-        "children": {"aie": {"children": {group: {"hosts": {"localhost": {}}}
-                                          for group in ("mlflow", "sftp", "minio", "jupyterlab", "database")}}},
-        "hosts": {"localhost": {"ansible_connection": "local",
-                                "ansible_python_interpreter": "{{ ansible_playbook_python }}"}},
-        "vars": {"aie_publish_address": "127.0.0.1"},
-    }
-}
+# Every service but serving (it runs only once a model is registered as one).
+GROUPS = ("mlflow", "sftp", "minio", "jupyterlab", "database")
 
 # Run inside the MLflow container: log two runs (SFTP and S3), register a model with an alias,
 # and print what was logged. MiB-sized artifacts, one of them above S3's multipart threshold.
@@ -120,8 +114,7 @@ def mlflow_exec(*command: str, env: dict[str, str], user: str | None = None) -> 
 def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("upgrade")
     keys = work / "keys"
-    inventory = work / "inventory.yml"
-    inventory.write_text(yaml.safe_dump(INVENTORY))
+    inventory = write_local_inventory(work / "inventory.yml", GROUPS)
     # MLflow stays on SQLite, where the previous release kept its runs (moved by test_the_move_...).
     settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE,
                 "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
