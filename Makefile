@@ -1,7 +1,7 @@
 # The two commands of the README: `make up` deploys the local single-host stack,
 # `make test` runs every test. Both set up what they need first (scripts/bootstrap).
 VENV ?= .venv
-# Extra arguments for `aie up`, e.g. AIE_ARGS="-e minio_engine=rgw" on a machine with no registry.
+# Extra arguments for `aie up`, e.g. AIE_ARGS="-e aie_mlflow_backend=postgresql".
 AIE_ARGS ?=
 PYTEST_ARGS ?=
 

@@ -149,6 +149,10 @@ def _run(
         )
     finally:
         signal.signal(signal.SIGINT, previous)
+    # Notes the playbooks report (aie_report's `notes`), also when the run failed: they may say why.
+    for host, report in sorted(result.facts.items()):
+        for note in report.get("notes", []):
+            print(f"aie: note ({host}): {note}", file=sys.stderr)
     if not result.ok:
         raise CommandError(result.failures[0] if result.failures else f"{playbook} failed ({result.status})")
     return result

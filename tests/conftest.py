@@ -22,13 +22,28 @@ PORTS = {
     "aie_mlflow_port": 15500, "aie_sftp_port": 12222, "aie_s3_port": 19000,
     "aie_jupyterlab_port": 18888, "aie_serving_port": 15001,
 }
-ENGINE = os.environ.get("AIE_TEST_S3_ENGINE", "rgw")
+# The S3 engine the tests deploy: the one a user gets by naming none (minio_default_engine), unless
+# AIE_TEST_S3_ENGINE names another; ENGINE_SETTINGS is what the tests pass for it.
+ENGINE_SETTINGS = {"minio_engine": os.environ["AIE_TEST_S3_ENGINE"]} if os.environ.get("AIE_TEST_S3_ENGINE") else {}
+ENGINE = str(ENGINE_SETTINGS.get("minio_engine") or yaml.safe_load(
+    (PROJECT / "roles/minio/defaults/main.yml").read_text())["minio_default_engine"])
 # The end-to-end stack's MLflow, over HTTPS (its CA: tls_ca(keys)).
 MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
 # MLflow's release pinned for the images, and the previous one the upgrade drills start from: the
 # last release of the minor before (test_upgrade.py checks that it is).
 PINNED_MLFLOW = str(yaml.safe_load((PROJECT / "group_vars/all/images.yml").read_text())["aie_mlflow_version"])
 PREVIOUS_MLFLOW = "3.16.1"
+
+
+def require(present: bool, what: str) -> None:
+    """A test needs `what` on this machine. Missing, it fails the test, except on macOS, where
+    the test is skipped with that reason (README, "On a Mac": what `make test` runs there):
+    scripts/bootstrap installs it on Debian and Ubuntu, and a skip would hide a test not run."""
+    if present:
+        return
+    if sys.platform == "darwin":
+        pytest.skip(f"{what}: not on this Mac")
+    pytest.fail(f"{what}: missing on this machine (scripts/bootstrap test installs it on Debian or Ubuntu, as root)")
 
 
 def tls_ca(keys: Path) -> Path:
@@ -204,7 +219,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
     work = tmp_path_factory.mktemp("e2e")
     keys = work / "keys"
     # The smallest rgw store: backups and restores read its whole BlueStore file.
-    settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE,
+    settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), **ENGINE_SETTINGS,
                 "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
                 # A user of the inventory, with a generated password: may log runs in one experiment.
                 "mlflow_users": [{"name": "alice", "permissions": {"notebooks-s3": "EDIT"}}], **PORTS}

@@ -10,14 +10,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import PROJECT, ansible_playbook, containers, write_vars
+from conftest import PROJECT, aie, ansible_playbook, containers, run, write_vars
 
 PREFIX = "aiebad"
 
 
 def deploy(tmp_path: Path, inventory: str = "inventory/local", **settings: object) -> str:
-    base = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(tmp_path / "keys"), "minio_engine": "rgw"}
+    base = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(tmp_path / "keys")}
     extra = write_vars(tmp_path / "vars.json", {**base, **settings})
     result = ansible_playbook("-i", inventory, "site.yml", "-e", extra)
     assert result.returncode != 0, result.stdout[-2000:]
@@ -87,6 +88,46 @@ def test_an_engine_whose_image_cannot_be_had_is_refused_at_once(tmp_path: Path, 
     print(f"refused in {time.perf_counter() - started:.1f} s")
     assert "minio_engine=minio: the image registry.invalid/aie/no-such-s3:1 is not here and cannot be pulled" in output
     assert "set minio_engine: rgw" in output
+
+
+@pytest.fixture
+def minio_store(docker_engine: None) -> Iterator[str]:
+    """The S3 data volume of a store made while MinIO was the default engine (its label records
+    minio), removed afterwards."""
+    volume = f"{PREFIX}-minio-data"
+    made = run(["docker", "volume", "create", "--label", "aie.s3-engine=minio", volume], timeout=60)
+    assert made.returncode == 0, made.stderr
+    try:
+        yield volume
+    finally:
+        run(["docker", "volume", "rm", "-f", volume], timeout=60)
+
+
+def test_a_minio_store_keeps_minio_when_no_engine_is_named(tmp_path: Path, minio_store: str) -> None:
+    # MinIO's image, as a machine with no registry has it: not here and not to be pulled. The run
+    # chooses MinIO for the store (and so stops at its image), says why, and changes nothing.
+    engines = yaml.safe_load((PROJECT / "roles/minio/defaults/main.yml").read_text())["minio_engines"]
+    engines["minio"]["image"] = "registry.invalid/aie/minio:1"
+    extra = write_vars(tmp_path / "vars.json", {"aie_name_prefix": PREFIX, "aie_keys_dir": str(tmp_path / "keys"),
+                                                "minio_engines": engines})
+    result = aie("up", "-e", extra, timeout=600)
+    assert result.returncode != 0, result.stdout[-2000:]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("aie: note (localhost): ")]
+    assert len(notes) == 1, result.stderr[-2000:]
+    assert (f"minio_engine is not set, and the S3 volume {minio_store} holds the data of minio_engine=minio: it keeps "
+            "running minio (the default engine of new stores is rgw)") in notes[0]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "minio_engine=minio: the image registry.invalid/aie/minio:1 is not here and cannot be pulled" in last
+    assert f"the S3 volume {minio_store} holds its data" in last and "set minio_engine: rgw" not in last
+    assert containers(PREFIX) == []
+    assert not (tmp_path / "keys" / "sftp_client_ed25519").exists()
+
+
+def test_a_minio_store_refuses_the_rgw_engine_by_name(tmp_path: Path, minio_store: str) -> None:
+    output = deploy(tmp_path, minio_engine="rgw")
+    assert (f"The S3 volume {minio_store} holds the data of minio_engine=minio, not of minio_engine=rgw: "
+            "set minio_engine: minio in your inventory") in output
+    assert "keeps running" not in output
 
 
 def test_a_bad_memory_limit_is_refused(tmp_path: Path) -> None:

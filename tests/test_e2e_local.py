@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import (
     ENGINE,
+    ENGINE_SETTINGS,
     MLFLOW_URL,
     PORTS,
     PREFIX,
@@ -66,8 +67,13 @@ def logged(stack: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_every_container_runs(stack: dict[str, Any]) -> None:
-    names = set(containers(PREFIX))
+    # Serving joins once a model is registered (tests/test_notebook_e2e.py may have run first).
+    names = set(containers(PREFIX)) - {f"{PREFIX}-serving"}
     assert names == {f"{PREFIX}-{name}" for name in ("mlflow", "sftp", "minio", "jupyterlab", "backup")}
+    # The S3 store runs the engine asked for, the default one unless AIE_TEST_S3_ENGINE names
+    # another, and its volume records it.
+    label = run(["docker", "volume", "inspect", "-f", '{{index .Labels "aie.s3-engine"}}', f"{PREFIX}-minio-data"])
+    assert label.stdout.strip() == ENGINE, label.stdout + label.stderr
 
 
 def test_sftp_artifact_is_in_the_sftp_volume(logged: dict[str, Any]) -> None:
@@ -372,7 +378,7 @@ def test_keys_are_generated_and_not_tracked(stack: dict[str, Any]) -> None:
 def test_check_mode_on_a_new_deployment_changes_nothing(stack: dict[str, Any], tmp_path: Path) -> None:
     # A deployment under another prefix, in check mode: the keys, volumes and containers it
     # would create are reported, and none of them is created.
-    settings = {"aie_name_prefix": "aiecheck", "aie_keys_dir": str(tmp_path / "keys"), "minio_engine": ENGINE,
+    settings = {"aie_name_prefix": "aiecheck", "aie_keys_dir": str(tmp_path / "keys"), **ENGINE_SETTINGS,
                 **{name: port + 1 for name, port in PORTS.items()}}
     check = aie("up", "--check", "-e", write_vars(tmp_path / "vars.json", settings))
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]

@@ -8,7 +8,6 @@ import contextlib
 import http.client
 import http.server
 import json
-import os
 import re
 import shutil
 import ssl
@@ -27,7 +26,19 @@ from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from conftest import MLFLOW_URL, PORTS, PREFIX, PROJECT, aie, http_status, jupyter_exec, run, s3_client, tls_ca
+from conftest import (
+    MLFLOW_URL,
+    PORTS,
+    PREFIX,
+    PROJECT,
+    aie,
+    http_status,
+    jupyter_exec,
+    require,
+    run,
+    s3_client,
+    tls_ca,
+)
 
 NOTEBOOK = "/home/aie/work/conv-net-in-keras.ipynb"
 MODEL = "conv-net-digits"
@@ -211,10 +222,8 @@ def test_a_notebook_failing_mid_training_leaves_a_failed_run(
 
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not found:
-        if os.environ.get("AIE_REQUIRE_BROWSER"):
-            pytest.fail("no Chromium on this machine (scripts/bootstrap installs Debian's chromium)")
-        pytest.skip("no Chromium on this machine (scripts/bootstrap installs Debian's chromium)")
+    require(found is not None, "Chromium (Debian's chromium), for the browser tests")
+    assert found is not None
     return found
 
 

@@ -29,6 +29,7 @@ import yaml
 
 from conftest import (
     BIN,
+    ENGINE_SETTINGS,
     PINNED_MLFLOW,
     PREVIOUS_MLFLOW,
     aie,
@@ -56,7 +57,7 @@ PREVIOUS_GROUPS = ("mlflow", "sftp", "minio", "database")
 def pg_stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("pg")
     keys = work / "keys"
-    settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": "rgw",
+    settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), **ENGINE_SETTINGS,
                 "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
                 "aie_mlflow_backend": "postgresql", **PORTS}
     extra = write_vars(work / "vars.json", settings)

@@ -44,9 +44,13 @@ from aie.sftp_store import (
     close_connections,
     resolve_target,
 )
+from conftest import require
 from sshd_server import SSHD, SSHTestEnv, generate_key
 
-pytestmark = pytest.mark.skipif(not os.access(SSHD, os.X_OK), reason=f"OpenSSH server {SSHD} not installed")
+
+@pytest.fixture(scope="session", autouse=True)
+def _sshd_installed() -> None:
+    require(os.access(SSHD, os.X_OK), f"the OpenSSH server {SSHD}, for the SFTP store tests")
 
 
 # --------------------------------------------------------------------------------------
