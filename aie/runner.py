@@ -405,6 +405,26 @@ def _message(res: dict[str, Any]) -> str:
     return "no message"
 
 
+def docker_context_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """DOCKER_HOST for the run: the engine the docker CLI's current context names, unless
+    DOCKER_HOST is set already. The Docker modules of a local inventory read DOCKER_HOST, else
+    /var/run/docker.sock, and know nothing of contexts; Docker Desktop's CLI talks to
+    ~/.docker/run/docker.sock, and /var/run/docker.sock exists only while Docker Desktop's
+    "Allow the default Docker socket to be used" is on. Hosts reached over SSH are not affected:
+    the controller's environment does not reach their modules. Empty when no docker CLI answers."""
+    environ = os.environ if environ is None else environ
+    docker = shutil.which("docker", path=environ.get("PATH"))
+    if environ.get("DOCKER_HOST") or docker is None:
+        return {}
+    try:
+        found = subprocess.run([docker, "context", "inspect", "--format", "{{.Endpoints.docker.Host}}"],
+                               capture_output=True, text=True, timeout=10, check=False, env=dict(environ))
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    host = found.stdout.strip()
+    return {"DOCKER_HOST": host} if found.returncode == 0 and host else {}
+
+
 def run_playbook(
     playbook: str,
     *,
@@ -446,6 +466,7 @@ def run_playbook(
                 "ANSIBLE_NOCOLOR": "1",
                 "ANSIBLE_CONFIG": str(project_dir / "ansible.cfg"),
                 "PATH": path,
+                **docker_context_env(),
             },
         )
         stats = runner.stats or {}

@@ -159,6 +159,30 @@ def bounded_load(label: str, url: str, keys: Path) -> None:
     assert result["values_missing"] == 0
 
 
+def behind_a_context(work: Path, context: bool = True) -> tuple[list[str], dict[str, str]]:
+    """A command prefix and environment under which this machine's Docker engine is reached as
+    Docker Desktop offers it: /var/run/docker.sock hidden (a private mount namespace), the engine
+    at a socket of its own that the docker CLI's current context names (with context=False, no
+    context: nothing answers)."""
+    default = Path("/var/run/docker.sock")
+    require(default.is_socket() and shutil.which("unshare") is not None,
+            "a Docker engine at /var/run/docker.sock and unshare, to hide it")
+    socket = work / "desktop.sock"
+    socket.touch()
+    env = {"DOCKER_CONFIG": str(work / "docker-config"), "AIE_ENGINE_SOCKET": str(default),
+           "AIE_CONTEXT_SOCKET": str(socket)}
+    if context:
+        for command in (["docker", "context", "create", "aie-desktop", "--docker", f"host=unix://{socket}"],
+                        ["docker", "context", "use", "aie-desktop"]):
+            made = run(command, timeout=60, extra_env=env)
+            assert made.returncode == 0, made.stderr
+    # As root in a mount namespace of its own: the engine's socket is bound where the context
+    # points, and /dev/null over the default one.
+    script = ('mount --bind "$AIE_ENGINE_SOCKET" "$AIE_CONTEXT_SOCKET" && mount --bind /dev/null /var/run/docker.sock'
+              ' && exec "$@"')
+    return ["unshare", "-m", "sh", "-c", script, "sh"], env
+
+
 def write_vars(path: Path, values: dict[str, object]) -> str:
     path.write_text(json.dumps(values))
     return f"@{path}"

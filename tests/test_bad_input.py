@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PROJECT, aie, ansible_playbook, containers, run, write_vars
+from conftest import PROJECT, aie, ansible_playbook, behind_a_context, containers, run, write_vars
 
 PREFIX = "aiebad"
 
@@ -130,9 +131,32 @@ def test_a_minio_store_refuses_the_rgw_engine_by_name(tmp_path: Path, minio_stor
     assert "keeps running" not in output
 
 
+def test_an_engine_that_does_not_answer_is_named_by_its_socket(tmp_path: Path, docker_engine: None) -> None:
+    # As on a Mac whose Docker Desktop does not offer /var/run/docker.sock, with no context that
+    # names its socket: Docker cannot be installed here (docker_engine_install false, as on macOS).
+    prefix, env = behind_a_context(tmp_path, context=False)
+    extra = write_vars(tmp_path / "vars.json", {"aie_name_prefix": PREFIX, "aie_keys_dir": str(tmp_path / "keys"),
+                                                "docker_engine_install": False})
+    result = run([*prefix, sys.executable, "-m", "aie.cli", "up", "-e", extra], timeout=600, extra_env=env)
+    assert result.returncode != 0, result.stdout[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "No Docker engine answers at unix:///var/run/docker.sock on localhost. Start Docker" in last
+    assert "Allow the default Docker socket to be used" in last
+    assert not (tmp_path / "keys" / "sftp_client_ed25519").exists()
+
+
 def test_a_bad_memory_limit_is_refused(tmp_path: Path) -> None:
     output = deploy(tmp_path, aie_jupyterlab_memory="8 GB")
     assert "The memory limit of jupyterlab is not a number with b, k, m or g" in output
+
+
+def test_memory_limits_beyond_the_engines_memory_are_refused(tmp_path: Path, docker_engine: None) -> None:
+    # A JupyterLab limit of 1 TiB: more than this engine has, as 8g of 16.5 GiB was on an 8 GiB VM.
+    engine = int(run(["docker", "info", "--format", "{{.MemTotal}}"], timeout=60).stdout)
+    output = " ".join(deploy(tmp_path, aie_jupyterlab_memory="1024g").split())
+    assert "The memory limits of the containers on localhost add up to" in output
+    assert "jupyterlab 1024g" in output and "mlflow " in output and "backup " in output
+    assert f"more than the {round(engine / 2**30, 1)} GiB of memory its Docker engine has" in output
 
 
 def test_two_services_on_one_port_are_refused(tmp_path: Path) -> None:

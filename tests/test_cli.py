@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aie import cli
-from aie.runner import find_project_dir, run_playbook
+from aie.runner import docker_context_env, find_project_dir, run_playbook
 from conftest import PROJECT, aie
 
 
@@ -168,3 +168,15 @@ def test_progress_names_plays_and_changes(tmp_path: Path) -> None:
         out=io.StringIO(),
     )
     assert again.ok and again.changed == 0
+
+
+def test_the_docker_host_is_the_one_of_the_clis_context(tmp_path: Path) -> None:
+    # A docker CLI whose current context names Docker Desktop's socket (a stand-in that answers
+    # `docker context inspect` as the real CLI does).
+    fake = tmp_path / "docker"
+    fake.write_text('#!/bin/sh\n[ "$1 $2" = "context inspect" ] && echo "unix:///Users/me/.docker/run/docker.sock"\n')
+    fake.chmod(0o755)
+    assert docker_context_env({"PATH": str(tmp_path)}) == {"DOCKER_HOST": "unix:///Users/me/.docker/run/docker.sock"}
+    # DOCKER_HOST given by the user wins; with no docker CLI, the modules keep their default.
+    assert docker_context_env({"PATH": str(tmp_path), "DOCKER_HOST": "tcp://10.0.0.5:2376"}) == {}
+    assert docker_context_env({"PATH": str(tmp_path / "nowhere")}) == {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +27,7 @@ from conftest import (
     PORTS,
     PREFIX,
     aie,
+    behind_a_context,
     bounded_load,
     containers,
     http_status,
@@ -195,12 +197,18 @@ def test_http_services_speak_only_https_with_the_deployments_ca(
     assert all(answers[name]["https with the CA"] in answered[name] and answers[name]["plain http"] == 0
                and answers[name]["https with another CA"] == 0 for name in answered), answers
     # The host's certificate names what clients use (the containers' names on the Docker network,
-    # the published address), and is signed by the CA, whose key stays in the secrets folder.
+    # the published address on loopback) and nothing else: not this machine's address on its
+    # network, which a laptop changes with every Wi-Fi. It is signed by the CA, whose key stays in
+    # the secrets folder.
     certificate = x509.load_pem_x509_certificate((keys / "tls" / "localhost.pem").read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert {f"{PREFIX}-mlflow", f"{PREFIX}-jupyterlab", f"{PREFIX}-serving", f"{PREFIX}-minio", "localhost"} <= set(
-        names.get_values_for_type(x509.DNSName))
-    assert "127.0.0.1" in {str(address) for address in names.get_values_for_type(x509.IPAddress)}
+    assert set(names.get_values_for_type(x509.DNSName)) == {
+        f"{PREFIX}-mlflow", f"{PREFIX}-jupyterlab", f"{PREFIX}-serving", f"{PREFIX}-minio", "localhost"}
+    assert {str(address) for address in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1"}
+    # MLflow answers the same names only.
+    command = run(["docker", "inspect", "-f", "{{json .Config.Cmd}}", f"{PREFIX}-mlflow"], timeout=60).stdout
+    (allowed,) = [arg.split("=", 1)[1] for arg in json.loads(command) if arg.startswith("--allowed-hosts=")]
+    assert {name.removesuffix(":*") for name in allowed.split(",")} == {f"{PREFIX}-mlflow", "localhost", "127.0.0.1"}
     ca = x509.load_pem_x509_certificate(tls_ca(keys).read_bytes())
     certificate.verify_directly_issued_by(ca)
     assert (keys / "secrets" / "tls_ca.key").stat().st_mode & 0o077 == 0
@@ -377,10 +385,13 @@ def test_keys_are_generated_and_not_tracked(stack: dict[str, Any]) -> None:
 
 def test_check_mode_on_a_new_deployment_changes_nothing(stack: dict[str, Any], tmp_path: Path) -> None:
     # A deployment under another prefix, in check mode: the keys, volumes and containers it
-    # would create are reported, and none of them is created.
+    # would create are reported, and none of them is created. The engine is reached as on a Mac
+    # with Docker Desktop: only through the docker CLI's context, at a socket of its own.
     settings = {"aie_name_prefix": "aiecheck", "aie_keys_dir": str(tmp_path / "keys"), **ENGINE_SETTINGS,
                 **{name: port + 1 for name, port in PORTS.items()}}
-    check = aie("up", "--check", "-e", write_vars(tmp_path / "vars.json", settings))
+    prefix, env = behind_a_context(tmp_path)
+    check = run([*prefix, sys.executable, "-m", "aie.cli", "up", "--check", "-e",
+                 write_vars(tmp_path / "vars.json", settings)], timeout=1800, extra_env=env)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     changed = int(re.findall(r"changed=(\d+)", check.stdout)[-1])
     assert changed > 0
