@@ -1,0 +1,51 @@
+"""What the local inventory gives a Mac with Docker Desktop, as Ansible computes it from the
+inventory and group_vars (no host is contacted). What needs an engine is tested on the deployed
+stack: the engine reached through the docker CLI's context (tests/test_e2e_local.py), an engine
+that does not answer and limits beyond the engine's memory (tests/test_bad_input.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import PROJECT, write_vars
+
+# Docker Desktop's default VM has 8 GiB, of which its kernel reports about 7.7 to containers.
+DESKTOP_MEMORY_GIB = 7.5
+
+
+def computed(expression: str, tmp_path: Path, **settings: object) -> Any:
+    """An expression evaluated for localhost of the local inventory."""
+    extra = write_vars(tmp_path / "vars.json", {"aie_keys_dir": str(tmp_path / "keys"), **settings})
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible"), "-i", "inventory/local", "localhost",
+         "-m", "ansible.builtin.debug", "-a", f"msg={{{{ {expression} | to_json }}}}", "-e", extra, "-o"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=300, check=False,
+        env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads(json.loads(result.stdout.split("=> ", 1)[1])["msg"])
+
+
+def test_the_local_stacks_memory_limits_fit_docker_desktops_vm(tmp_path: Path) -> None:
+    # Every container of the local stack (serving included, once a model is registered, and the
+    # backup agent): their limits together, as validation adds them up.
+    limits = computed("dict((aie_services | aie_hosted(group_names) + ['backup']) | zip((aie_services"
+                      " | aie_hosted(group_names) + ['backup']) | map('extract', aie_container_security)"
+                      " | map(attribute='memory') | map('human_to_bytes')))", tmp_path)
+    assert set(limits) == {"mlflow", "sftp", "s3", "jupyterlab", "serving", "backup"}
+    assert sum(limits.values()) <= DESKTOP_MEMORY_GIB * 2**30, limits
+    # The notebooks train in JupyterLab: it keeps the largest share.
+    assert limits["jupyterlab"] == max(limits.values()) >= 2.5 * 2**30
+
+
+def test_the_extra_ca_is_the_first_system_bundle_found(tmp_path: Path) -> None:
+    # As on a Mac: no Debian bundle, Homebrew's bundle in its place.
+    homebrew = tmp_path / "homebrew-cert.pem"
+    homebrew.write_text("-----BEGIN CERTIFICATE-----\n")
+    bundles = [str(tmp_path / "no-debian-bundle.crt"), str(homebrew), "/etc/ssl/certs/ca-certificates.crt"]
+    assert computed("aie_extra_ca_certificates", tmp_path, aie_system_ca_bundles=bundles) == [str(homebrew)]
+    assert computed("aie_extra_ca_certificates", tmp_path, aie_system_ca_bundles=bundles[:1]) == []
