@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import PROJECT, write_vars
+from conftest import PROJECT, ansible_playbook, run, write_vars
 
 # Docker Desktop's default VM has 8 GiB, of which its kernel reports about 7.7 to containers.
 DESKTOP_MEMORY_GIB = 7.5
@@ -49,3 +49,22 @@ def test_the_extra_ca_is_the_first_system_bundle_found(tmp_path: Path) -> None:
     bundles = [str(tmp_path / "no-debian-bundle.crt"), str(homebrew), "/etc/ssl/certs/ca-certificates.crt"]
     assert computed("aie_extra_ca_certificates", tmp_path, aie_system_ca_bundles=bundles) == [str(homebrew)]
     assert computed("aie_extra_ca_certificates", tmp_path, aie_system_ca_bundles=bundles[:1]) == []
+
+
+def test_a_base_image_that_cannot_be_had_is_reported_as_itself_off_debian(tmp_path: Path, docker_engine: None) -> None:
+    # As on a Mac whose Docker Desktop reaches no registry: the pull fails, and debootstrap (apt,
+    # as root) is not tried, since the host is no Debian (the fact, overridden here).
+    extra = write_vars(tmp_path / "vars.json", {
+        "aie_name_prefix": "aiedesk", "aie_keys_dir": str(tmp_path / "keys"),
+        "aie_base_image": "registry.invalid/aie/base:1", "aie_common_image": "aiedesk/common:latest",
+        "__base_image_debootstrap_here": False})
+    try:
+        done = ansible_playbook("-i", "inventory/local", "playbooks/prerequisites.yml", "-e", extra)
+    finally:
+        run(["docker", "network", "rm", "aiedesk"], timeout=60)
+    assert done.returncode != 0, done.stdout[-2000:]
+    output = " ".join(done.stdout.split())
+    assert ("The base image registry.invalid/aie/base:1 is not on localhost's Docker engine and cannot be pulled "
+            "(") in output and "registry.invalid" in output.split("cannot be pulled (", 1)[1][:200]
+    assert "debootstrap makes it only on a Debian or Ubuntu Docker host" in output
+    assert "Build the base image with debootstrap" not in done.stdout
