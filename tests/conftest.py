@@ -201,9 +201,16 @@ def write_local_inventory(path: Path, groups: Sequence[str]) -> Path:
 
 def in_jupyterlab(*command: str) -> list[str]:
     """`docker exec` of a command in the JupyterLab container as the user the notebooks run as."""
-    uid = (PROJECT / "notebooks").stat().st_uid
-    home = "/root" if uid == 0 else "/home/aie"
-    return ["docker", "exec", "-i", "-u", str(uid), "-e", f"HOME={home}", f"{PREFIX}-jupyterlab", *command]
+    return ["docker", "exec", "-i", "-u", str(jupyterlab_uid()), "-e", "HOME=/home/aie", f"{PREFIX}-jupyterlab",
+            *command]
+
+
+def jupyterlab_uid() -> int:
+    """The user JupyterLab runs as: the owner of the notebooks folder, or the service user when
+    that is root (group_vars/all/services.yml, aie_service_user)."""
+    owner = (PROJECT / "notebooks").stat().st_uid
+    return owner or int(yaml.safe_load((PROJECT / "group_vars/all/services.yml").read_text())
+                        ["aie_service_user"].split(":")[0])
 
 
 def jupyter_exec(*command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ from conftest import (
     MLFLOW_URL,
     PORTS,
     PREFIX,
+    PROJECT,
     aie,
     behind_a_context,
     bounded_load,
     containers,
     http_status,
     jupyter_exec,
+    jupyterlab_uid,
     mlflow_status,
     run,
     s3_client,
@@ -305,6 +308,17 @@ def test_every_container_is_confined(stack: dict[str, Any]) -> None:
     users = {uid for _, uid, caps in server if uid != "0"}
     assert users == {"10001"}, states.stdout
     assert all(caps == "0000000000000000" for _, uid, caps in server if uid == "10001"), states.stdout
+    # JupyterLab never runs as root, whoever owns the notebooks folder (root's, when the tests run
+    # as root): it runs as its owner, or as the service user given write access to it.
+    states = run(["docker", "exec", f"{PREFIX}-jupyterlab", "sh", "-c",
+                  "for p in /proc/[0-9]*; do echo ${p#/proc/} $(awk '/^Uid/{print $2}' $p/status); done"])
+    notebook_users = {uid for pid, uid in (line.split() for line in states.stdout.splitlines()) if pid != "1"} - {"0"}
+    assert notebook_users == {str(jupyterlab_uid())}, states.stdout
+    if (PROJECT / "notebooks").stat().st_uid == 0:
+        assert jupyterlab_uid() != 0
+    probe = f"/home/aie/work/.aie-write-probe-{uuid.uuid4().hex[:8]}"
+    written = jupyter_exec("sh", "-c", f"echo saved > {probe} && cat {probe} && rm {probe}")
+    assert written.returncode == 0 and written.stdout.strip() == "saved", written.stderr
     # The S3 server's daemons run as ceph, with no capability at all.
     states = run(["docker", "exec", f"{PREFIX}-minio", "sh", "-c",
                   "for p in /proc/[0-9]*; do echo $(tr '\\0' ' ' < $p/cmdline | cut -d' ' -f1)"

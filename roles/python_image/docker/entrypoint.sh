@@ -5,17 +5,28 @@
 # - the ssh material from /etc/aie/ssh goes to the user's home;
 # - the data folders named in $AIE_OWNED (space-separated) are handed to the user, so that
 #   data written by an earlier root-run server (or restored from its backups) stays writable.
-# The user is the owner of $AIE_RUN_AS_OWNER_OF when set (so notebooks keep their owner on the
-# host), else $AIE_RUN_AS (uid:gid), else root.
+# The user is the owner of $AIE_RUN_AS_OWNER_OF when set and not root (so notebooks keep their
+# owner on the host), else $AIE_RUN_AS (uid:gid), else root. A folder of root's (a Linux host
+# operated as root; Docker Desktop's file sharing, which shows every bind mount as root's) is
+# never a reason to run as root: $AIE_RUN_AS runs, and is given write access to it with an ACL
+# where it lacks it (the folder keeps its owner and mode).
 set -eu
 uid=0
 gid=0
+grant=
 if [ -n "${AIE_RUN_AS_OWNER_OF:-}" ]; then
     uid=$(stat -c %u "$AIE_RUN_AS_OWNER_OF")
     gid=$(stat -c %g "$AIE_RUN_AS_OWNER_OF")
-elif [ -n "${AIE_RUN_AS:-}" ]; then
+fi
+if [ "$uid" = 0 ] && [ -n "${AIE_RUN_AS:-}" ]; then
     uid=${AIE_RUN_AS%%:*}
     gid=${AIE_RUN_AS##*:}
+    grant=${AIE_RUN_AS_OWNER_OF:-}
+fi
+if [ -n "$grant" ] && ! setpriv --reuid="$uid" --regid="$gid" --clear-groups test -w "$grant"; then
+    # rwX: files readable and writable, folders also searchable; d: the same for what is made there.
+    setfacl -R -m "u:$uid:rwX" -m "d:u:$uid:rwX" "$grant" \
+        || echo "entrypoint: cannot give uid $uid write access to $grant (no ACLs there?): notebooks cannot be saved" >&2
 fi
 if [ "$uid" = 0 ]; then
     HOME=/root
