@@ -18,15 +18,29 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-_SKIPPED_DIRS = {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+_SKIPPED_DIRS = {"__pycache__"}
 
 
-def _files_under(root: str) -> list[str]:
+def _skipped(name: str) -> bool:
+    # Dotfiles and dot-folders (macOS Finder's .DS_Store, AppleDouble ._* files, editors' and
+    # tools' caches) are never part of an image.
+    return name.startswith(".")
+
+
+def aie_tree_files(root: str) -> list[str]:
+    """The files under `root` that make a build context, sorted, relative to `root`.
+
+    Dotfiles, files in dot-folders and caches are left out. The roles copy exactly these into
+    a build context and aie_tree_digest digests exactly these: what is digested is what is copied.
+    """
+    if not os.path.isdir(root):
+        raise ValueError(f"aie_tree_files: {root!r} is not a folder")
     names = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS)
+        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and not _skipped(d))
         for name in files:
-            names.append(os.path.relpath(os.path.join(folder, name), root))
+            if not _skipped(name):
+                names.append(os.path.relpath(os.path.join(folder, name), root))
     return sorted(names)
 
 
@@ -38,13 +52,13 @@ def _file_sha256(path: str) -> str:
 def aie_tree_digest(root: str, names: Iterable[str] | None = None) -> str:
     """sha256 over the relative names, modes and contents of files under `root`.
 
-    With `names`, only those files (relative to `root`); without, every file under it. A
+    With `names`, only those files (relative to `root`); without, those aie_tree_files lists. A
     missing file raises, naming it: an image must not be built from a partial context.
     """
     if not os.path.isdir(root):
         raise ValueError(f"aie_tree_digest: {root!r} is not a folder")
     digest = hashlib.sha256()
-    for name in sorted(names) if names is not None else _files_under(root):
+    for name in sorted(names) if names is not None else aie_tree_files(root):
         path = os.path.join(root, name)
         if not os.path.isfile(path):
             raise ValueError(f"aie_tree_digest: {path!r} is not a file")
@@ -119,6 +133,7 @@ def aie_running_containers(containers: Iterable[Mapping[str, Any]], label: str) 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
+            "aie_tree_files": aie_tree_files,
             "aie_tree_digest": aie_tree_digest,
             "aie_image_ref": aie_image_ref,
             "aie_image_id": aie_image_id,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+import yaml
+from jinja2.nativetypes import NativeEnvironment
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +54,36 @@ def test_caches_do_not_count_and_listed_names_do(images: ModuleType, context: Pa
     assert only != before
     (context / "bin" / "entrypoint.sh").write_text("changed\n")
     assert images.aie_tree_digest(str(context), ["Dockerfile"]) == only
+
+
+def _task(tasks_file: str, name: str) -> dict[str, Any]:
+    tasks = yaml.safe_load((PROJECT / "roles" / "service" / "tasks" / tasks_file).read_text())
+    return next(task for task in tasks if task["name"].startswith(name))
+
+
+def test_dotfiles_are_neither_digested_nor_copied(images: ModuleType, tmp_path: Path) -> None:
+    # What macOS Finder leaves in a role's docker folder it showed, and any dot-folder.
+    context = tmp_path / "docker"
+    shutil.copytree(PROJECT / "roles" / "python_image" / "docker", context)
+    files = sorted(str(path.relative_to(context)) for path in context.rglob("*") if path.is_file())
+    before = images.aie_tree_digest(str(context))
+    (context / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (context / ".hidden").mkdir()
+    (context / ".hidden" / "x").write_text("x\n")
+    (context / "sub").mkdir()
+    (context / "sub" / ".DS_Store").write_bytes(b"\0")
+    assert images.aie_tree_digest(str(context)) == before
+    # The files image_build_steps.yml copies, as image_steps.yml lists them with the digest.
+    env = NativeEnvironment()
+    env.filters.update(images.FilterModule().filters())
+    listing = _task("image_steps.yml", "Digest the inputs")["ansible.builtin.set_fact"]
+    # A native environment renders lists, not their text.
+    listed: Any = env.from_string(listing["__service_image_context_files"]).render(
+        __service_image_context_dir=str(context))
+    copy = _task("image_build_steps.yml", "Copy the build context")
+    assert copy["ansible.builtin.copy"]["src"] == "{{ __service_image_context_dir }}/{{ item }}"
+    copied: Any = env.from_string(copy["loop"]).render(__service_image_context_files=listed)
+    assert copied == files
 
 
 def test_a_missing_file_or_folder_is_named(images: ModuleType, context: Path) -> None:
