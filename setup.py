@@ -41,6 +41,9 @@ setup(
             "uv>=0.5",
             "molecule>=25",
             "molecule-plugins[docker]>=23",
+            # The backup container's cron parser (Debian's python3-croniter there), for
+            # tests/test_backup_tool.py.
+            "croniter>=2",
         ],
     },
     entry_points={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -205,12 +206,15 @@ def in_jupyterlab(*command: str) -> list[str]:
             *command]
 
 
+@functools.cache
 def jupyterlab_uid() -> int:
-    """The user JupyterLab runs as: the owner of the notebooks folder, or the service user when
-    that is root (group_vars/all/services.yml, aie_service_user)."""
-    owner = (PROJECT / "notebooks").stat().st_uid
-    return owner or int(yaml.safe_load((PROJECT / "group_vars/all/services.yml").read_text())
-                        ["aie_service_user"].split(":")[0])
+    """The user JupyterLab runs as: the owner of the notebooks folder as the container sees it
+    (Docker Desktop shows a Mac user's folder as root's), or the service user when that is root
+    (group_vars/all/services.yml, aie_service_user)."""
+    seen = run(["docker", "exec", f"{PREFIX}-jupyterlab", "stat", "-c", "%u", "/home/aie/work"], timeout=60)
+    assert seen.returncode == 0, seen.stderr
+    return int(seen.stdout) or int(yaml.safe_load((PROJECT / "group_vars/all/services.yml").read_text())
+                                   ["aie_service_user"].split(":")[0])
 
 
 def jupyter_exec(*command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ files count as databases, glob escaping for restic's exclude list and the refusa
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import sqlite3
@@ -88,3 +89,33 @@ def test_a_backup_of_volumes_not_mounted_names_them_and_fails(
     assert tool.main(["backup"]) == 1
     assert capsys.readouterr().err.strip() == (
         f"aie-backup: error: volumes not mounted: {tmp_path / 'volumes' / 'aie-mlflow-data'}")
+
+
+def test_restics_snapshot_times_are_read_to_the_microsecond(tool: ModuleType) -> None:
+    utc = datetime.timezone.utc
+    assert tool.snapshot_time("2026-12-06T03:17:05.123456789Z") == datetime.datetime(2026, 12, 6, 3, 17, 5, 123456,
+                                                                                     tzinfo=utc)
+    assert tool.snapshot_time("2026-12-06T04:17:05.5+01:00") == datetime.datetime(2026, 12, 6, 3, 17, 5, 500000,
+                                                                                  tzinfo=utc)
+    # Docker's CreatedAt of a volume.
+    assert tool.snapshot_time("2026-12-06T02:05:40Z") == datetime.datetime(2026, 12, 6, 2, 5, 40, tzinfo=utc)
+
+
+@pytest.mark.parametrize(("now", "since", "due"), [
+    # A laptop asleep at 03:17: the backup of that night is due when it wakes at 08:00.
+    ("2026-12-06T08:00:00Z", "2026-12-05T03:17:30Z", "2026-12-06T03:17:00+00:00"),
+    # Taken at 03:17 as scheduled: nothing due until the next night.
+    ("2026-12-06T08:00:00Z", "2026-12-06T03:17:40Z", None),
+    ("2026-12-07T03:16:59Z", "2026-12-06T03:17:40Z", None),
+    # Before the first snapshot the volumes' making counts: a stack made after 03:17 owes nothing.
+    ("2026-12-06T08:00:00Z", "2026-12-06T07:00:00Z", None),
+    # Off for three nights: one catch-up backup.
+    ("2026-12-09T08:00:00Z", "2026-12-05T03:17:30Z", "2026-12-09T03:17:00+00:00"),
+    # Nothing to count from (no snapshot, no volume): nothing is due.
+    ("2026-12-06T08:00:00Z", None, None),
+])
+def test_a_backup_is_due_when_the_schedule_fired_since_the_last_one(
+    tool: ModuleType, now: str, since: str | None, due: str | None
+) -> None:
+    found = tool.missed("17 3 * * *", tool.snapshot_time(now), tool.snapshot_time(since) if since else None)
+    assert (found.isoformat() if found else None) == due

@@ -10,6 +10,9 @@ the backup role); the volumes are mounted at /volumes/<name>.
                                        on a backup host) and `restic check`
     aie-backup prune                   on the backup host: retention for every host's
                                        snapshots, then `restic check`
+    aie-backup catch-up                back up now when the schedule fired since this host's
+                                       latest snapshot (or, with none, since its volumes were
+                                       made): a backup missed while the machine slept or was off
     aie-backup snapshots               the snapshots of this deployment, as JSON
     aie-backup occupied                the volumes that hold data, as JSON
     aie-backup restore SNAPSHOT [--force]
@@ -25,6 +28,9 @@ and BlueStore file) are paused while restic reads, so that their volume is taken
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import fcntl
 import http.client
 import json
 import os
@@ -45,6 +51,9 @@ STAGE = Path("/stage")
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 LOCK_WAIT = "10m"
+# Held by every backup, catch-up and restore of this container: cron's, a catch-up's and
+# `aie backup`'s runs take turns instead of sharing the stage folder.
+LOCK = Path("/run/aie-backup.lock")
 
 
 class BackupError(Exception):
@@ -194,7 +203,65 @@ class DockerAPI:
         self.post(f"/containers/{urllib.parse.quote(container)}/unpause")
 
 
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """Wait for the other backups and restores of this container, then hold them off."""
+    with LOCK.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def snapshot_time(text: str) -> datetime.datetime:
+    """restic's time of a snapshot (RFC 3339, with nanoseconds), as an aware datetime."""
+    whole, _, fraction = text.partition(".")
+    zone = next((fraction[i:] for i, char in enumerate(fraction) if char in "Z+-"), "") if fraction else ""
+    stamp = whole + (f".{fraction[:len(fraction) - len(zone)][:6]}" if fraction else "") + zone
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def last_due(schedule: str, now: datetime.datetime) -> datetime.datetime:
+    """When the cron schedule last fired, at or before now (cron's time zone: UTC)."""
+    # Debian's python3-croniter in the image (a cron expression parser, not written again here).
+    from croniter import croniter
+
+    due: datetime.datetime = croniter(schedule, now).get_prev(datetime.datetime)
+    return due
+
+
+def missed(schedule: str, now: datetime.datetime, since: datetime.datetime | None) -> datetime.datetime | None:
+    """The scheduled time that passed without a backup since `since` (None when none did)."""
+    due = last_due(schedule, now)
+    return due if since is not None and due > since else None
+
+
+def catch_up(config: dict[str, Any]) -> None:
+    """Back up now when a scheduled backup did not run: cron runs nothing while the machine
+    sleeps or the container is stopped, and runs nothing missed when it starts again."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    made = config.get("volumes_created") or ""
+    with exclusive():
+        taken = []
+        if repository_exists(config):
+            listed = json.loads(restic(config, "snapshots", "--json", "--host", config["host"],
+                                       "--tag", config["tag"]).stdout or "[]")
+            taken = [snapshot_time(snap["time"]) for snap in listed]
+        since = max(taken) if taken else (snapshot_time(made) if made else None)
+        due = missed(config["schedule"], now, since)
+        if due is None:
+            log(f"catch-up: no scheduled backup missed (the latest of {config['schedule']!r} "
+                f"was {last_due(config['schedule'], now):%Y-%m-%d %H:%M} UTC)")
+            return
+        what = f"the latest snapshot is of {since:%Y-%m-%d %H:%M}" if taken else "this host has no snapshot yet"
+        log(f"catch-up: the backup scheduled for {due:%Y-%m-%d %H:%M} UTC did not run ({what}): backing up now")
+        backup_now(config)
+
+
 def backup(config: dict[str, Any]) -> None:
+    with exclusive():
+        backup_now(config)
+
+
+def backup_now(config: dict[str, Any]) -> None:
     started = time.monotonic()
     volumes = [VOLUMES / name for name in config["volumes"]]
     missing = [str(v) for v in volumes if not v.is_dir()]
@@ -288,6 +355,11 @@ def occupied(config: dict[str, Any]) -> list[str]:
 
 
 def restore(config: dict[str, Any], snapshot: str, force: bool) -> None:
+    with exclusive():
+        restore_now(config, snapshot, force)
+
+
+def restore_now(config: dict[str, Any], snapshot: str, force: bool) -> None:
     started = time.monotonic()
     listed = json.loads(restic(config, "snapshots", "--json", snapshot).stdout or "[]")
     if not listed:
@@ -339,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("init")
     commands.add_parser("backup")
+    commands.add_parser("catch-up")
     commands.add_parser("prune")
     commands.add_parser("snapshots")
     commands.add_parser("occupied")
@@ -352,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             init(config)
         elif args.command == "backup":
             backup(config)
+        elif args.command == "catch-up":
+            catch_up(config)
         elif args.command == "prune":
             prune(config)
         elif args.command == "snapshots":

@@ -6,4 +6,6 @@ if [ -f /etc/aie/crontab ]; then
     # cron reads only root-owned files without group or other write access.
     install -m 0644 -o root -g root /etc/aie/crontab /etc/cron.d/aie-backup
 fi
+# cron runs @reboot jobs only when this file is missing: each start of the container is one.
+rm -f /run/crond.reboot
 exec "$@"
