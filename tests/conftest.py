@@ -184,6 +184,17 @@ def behind_a_context(work: Path, context: bool = True) -> tuple[list[str], dict[
     return ["unshare", "-m", "sh", "-c", script, "sh"], env
 
 
+def one_play_project(folder: Path, play: str) -> Path:
+    """A project folder holding one playbook (play.yml, its YAML text) for localhost, an
+    inventory of it and an empty ansible.cfg; the inventory's path."""
+    (folder / "ansible.cfg").write_text("[defaults]\n")
+    (folder / "hosts.yml").write_text(
+        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+        "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
+    (folder / "play.yml").write_text(play)
+    return folder / "hosts.yml"
+
+
 def write_vars(path: Path, values: dict[str, object]) -> str:
     path.write_text(json.dumps(values))
     return f"@{path}"

@@ -13,7 +13,7 @@ import pytest
 
 from aie import cli
 from aie.runner import docker_context_env, find_project_dir, run_playbook
-from conftest import PROJECT, aie
+from conftest import PROJECT, aie, one_play_project
 
 
 def test_project_dir_is_found_from_a_subfolder() -> None:
@@ -130,15 +130,11 @@ def test_a_rescued_failure_is_not_the_one_reported(tmp_path: Path) -> None:
     (1, "changed_when: false"),  # the command module: "non-zero return code"
 ])
 def test_a_failed_command_is_reported_with_what_it_said(tmp_path: Path, rc: int, condition: str) -> None:
-    (tmp_path / "ansible.cfg").write_text("[defaults]\n")
-    (tmp_path / "hosts.yml").write_text(
-        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
-        "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
-    (tmp_path / "play.yml").write_text(
+    inventory = one_play_project(tmp_path, (
         "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
         f"    - name: Init\n      ansible.builtin.command: sh -c 'echo wrong password >&2; exit {rc}'\n"
-        f"      register: init\n      {condition}\n")
-    result = run_playbook("play.yml", project_dir=tmp_path, inventory=tmp_path / "hosts.yml", out=io.StringIO())
+        f"      register: init\n      {condition}\n"))
+    result = run_playbook("play.yml", project_dir=tmp_path, inventory=inventory, out=io.StringIO())
     assert not result.ok
     assert result.failures == ["task 'Init' failed on localhost: wrong password"]
 

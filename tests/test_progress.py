@@ -15,6 +15,7 @@ import pytest
 
 from aie import runner
 from aie.runner import ProgressTiming, _build_step, _Progress, docker_build_step, run_playbook
+from conftest import one_play_project
 
 BUILD = "Build the image aie/ml:latest"
 ERASE = "\r\x1b[K"
@@ -218,18 +219,14 @@ def test_the_timing_follows_the_environment() -> None:
 
 
 def test_a_real_playbook_shows_its_long_task(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    (tmp_path / "ansible.cfg").write_text("[defaults]\n")
-    (tmp_path / "hosts.yml").write_text(
-        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
-        "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
-    (tmp_path / "play.yml").write_text(
+    inventory = one_play_project(tmp_path, (
         "- name: Wait\n  hosts: localhost\n  gather_facts: false\n  tasks:\n"
         "    - name: Sleep a little\n      ansible.builtin.command: sleep 3\n      changed_when: false\n"
-        "    - name: Be quick\n      ansible.builtin.command: 'true'\n      changed_when: false\n")
+        "    - name: Be quick\n      ansible.builtin.command: 'true'\n      changed_when: false\n"))
     monkeypatch.setenv("AIE_PROGRESS_THRESHOLD", "1")
     monkeypatch.setenv("AIE_PROGRESS_LOG_INTERVAL", "1")
     out = io.StringIO()
-    result = run_playbook("play.yml", project_dir=tmp_path, inventory=tmp_path / "hosts.yml", out=out)
+    result = run_playbook("play.yml", project_dir=tmp_path, inventory=inventory, out=out)
     assert result.ok, result.failures
     lines = out.getvalue().splitlines()
     assert lines[0] == "== Wait", lines
