@@ -97,7 +97,7 @@ def test_restics_snapshot_times_are_read_to_the_microsecond(tool: ModuleType) ->
                                                                                      tzinfo=utc)
     assert tool.snapshot_time("2026-12-06T04:17:05.5+01:00") == datetime.datetime(2026, 12, 6, 3, 17, 5, 500000,
                                                                                   tzinfo=utc)
-    # Docker's CreatedAt of a volume.
+    # A key's making, as catch_up gives it (restic's "2026-12-06 02:05:40", UTC in the container).
     assert tool.snapshot_time("2026-12-06T02:05:40Z") == datetime.datetime(2026, 12, 6, 2, 5, 40, tzinfo=utc)
 
 
@@ -107,11 +107,11 @@ def test_restics_snapshot_times_are_read_to_the_microsecond(tool: ModuleType) ->
     # Taken at 03:17 as scheduled: nothing due until the next night.
     ("2026-12-06T08:00:00Z", "2026-12-06T03:17:40Z", None),
     ("2026-12-07T03:16:59Z", "2026-12-06T03:17:40Z", None),
-    # Before the first snapshot the volumes' making counts: a stack made after 03:17 owes nothing.
+    # Before the first snapshot the repository's making counts: one made after 03:17 owes nothing.
     ("2026-12-06T08:00:00Z", "2026-12-06T07:00:00Z", None),
     # Off for three nights: one catch-up backup.
     ("2026-12-09T08:00:00Z", "2026-12-05T03:17:30Z", "2026-12-09T03:17:00+00:00"),
-    # Nothing to count from (no snapshot, no volume): nothing is due.
+    # Nothing to count from (no repository yet): nothing is due.
     ("2026-12-06T08:00:00Z", None, None),
 ])
 def test_a_backup_is_due_when_the_schedule_fired_since_the_last_one(

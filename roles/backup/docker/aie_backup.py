@@ -11,7 +11,7 @@ the backup role); the volumes are mounted at /volumes/<name>.
     aie-backup prune                   on the backup host: retention for every host's
                                        snapshots, then `restic check`
     aie-backup catch-up                back up now when the schedule fired since this host's
-                                       latest snapshot (or, with none, since its volumes were
+                                       latest snapshot (or, with none, since the repository was
                                        made): a backup missed while the machine slept or was off
     aie-backup snapshots               the snapshots of this deployment, as JSON
     aie-backup occupied                the volumes that hold data, as JSON
@@ -238,14 +238,18 @@ def catch_up(config: dict[str, Any]) -> None:
     """Back up now when a scheduled backup did not run: cron runs nothing while the machine
     sleeps or the container is stopped, and runs nothing missed when it starts again."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    made = config.get("volumes_created") or ""
     with exclusive():
-        taken = []
+        taken: list[datetime.datetime] = []
+        made: list[datetime.datetime] = []
         if repository_exists(config):
             listed = json.loads(restic(config, "snapshots", "--json", "--host", config["host"],
                                        "--tag", config["tag"]).stdout or "[]")
             taken = [snapshot_time(snap["time"]) for snap in listed]
-        since = max(taken) if taken else (snapshot_time(made) if made else None)
+            # Its keys' making: the first is the repository's (restic writes the container's
+            # local time, UTC here, without a zone).
+            keys = json.loads(restic(config, "key", "list", "--json").stdout or "[]")
+            made = [snapshot_time(key["created"].replace(" ", "T") + "Z") for key in keys]
+        since = max(taken) if taken else min(made, default=None)
         due = missed(config["schedule"], now, since)
         if due is None:
             log(f"catch-up: no scheduled backup missed (the latest of {config['schedule']!r} "
