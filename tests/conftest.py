@@ -213,10 +213,8 @@ def write_local_inventory(path: Path, groups: Sequence[str]) -> Path:
 
 def in_jupyterlab(*command: str) -> list[str]:
     """`docker exec` of a command in the JupyterLab container as the user the notebooks run as."""
-    # As the entrypoint gives JupyterLab's own processes: a home, and a name (the uid has no
-    # entry in the image's passwd, and paramiko asks for one).
-    return ["docker", "exec", "-i", "-u", str(jupyterlab_uid()), "-e", "HOME=/home/aie", "-e", "USER=aie",
-            "-e", "LOGNAME=aie", f"{PREFIX}-jupyterlab", *command]
+    # The user the entrypoint names `aie` (README, "Train, version, serve").
+    return ["docker", "exec", "-i", "-u", "aie", f"{PREFIX}-jupyterlab", *command]
 
 
 @functools.cache

@@ -33,6 +33,7 @@ from conftest import (
     PROJECT,
     aie,
     http_status,
+    in_jupyterlab,
     jupyter_exec,
     require,
     run,
@@ -145,7 +146,7 @@ def test_registered_versions_load_and_predict_like_the_notebook(
         "print(json.dumps(out))\n"
     )
     uris = [f"models:/{MODEL}/{v}" for v in versions.values()] + [f"models:/{MODEL}@champion"]
-    loaded = run(["docker", "exec", "-i", f"{PREFIX}-jupyterlab", "python", "-c", script, *uris],
+    loaded = run(in_jupyterlab("python", "-c", script, *uris),
                  input=json.dumps(sample_inputs().tolist()), timeout=600)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     predictions = json.loads(loaded.stdout.strip().splitlines()[-1])

@@ -34,10 +34,14 @@ else
     HOME=/home/aie
     install -d -o "$uid" -g "$gid" -m 0755 "$HOME"
     # The image lists no name for this uid: programs that ask who they run as (getpass, as
-    # paramiko does to read an ssh config) find it here.
+    # paramiko does to read an ssh config) find it here, and, where the root file system is
+    # writable, in /etc/passwd too, where `docker exec -u aie` finds the user and its home.
     USER=aie
     LOGNAME=aie
     export USER LOGNAME
+    if [ -w /etc/passwd ] && ! getent passwd "$uid" >/dev/null; then
+        echo "aie:x:$uid:$gid:aie:$HOME:/bin/sh" >>/etc/passwd
+    fi
 fi
 export HOME
 if [ -d /etc/aie.host ]; then
