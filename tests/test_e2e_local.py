@@ -359,6 +359,10 @@ def test_second_up_changes_nothing(stack: dict[str, Any], logged: dict[str, Any]
     again = aie("up", "-e", stack["extra"])
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "changed=0" in again.stdout, again.stdout[-3000:]
+    # Nor did it take from JupyterLab the write access its start gave it to a notebooks folder
+    # of root's (an ACL, which a mode set on the folder would undo).
+    written = jupyter_exec("sh", "-c", "touch /home/aie/work/.aie-probe && rm /home/aie/work/.aie-probe")
+    assert written.returncode == 0, written.stderr
 
 
 def test_check_mode_on_the_deployed_stack_changes_nothing(stack: dict[str, Any]) -> None:
