@@ -337,17 +337,23 @@ def docker_build_step(timeout: float = _PROBE_TIMEOUT) -> str | None:
     """The step an image build runs on this machine's Docker engine, as `RUN <command>` cut to
     about 60 characters, or None when no build runs or docker is missing or does not answer
     within `timeout` seconds."""
-    docker = shutil.which("docker")
+    listed = _docker("ps", "--no-trunc", "--format", "{{.Command}}\t{{.Image}}\t{{.RunningFor}}", timeout=timeout)
+    return _build_step(listed) if listed is not None else None
+
+
+def _docker(*args: str, timeout: float, environ: Mapping[str, str] | None = None) -> str | None:
+    """What the docker CLI prints for `args`, or None when there is no docker CLI, or it fails or
+    does not answer within `timeout` seconds."""
+    environ = os.environ if environ is None else environ
+    docker = shutil.which("docker", path=environ.get("PATH"))
     if docker is None:
         return None
     try:
-        listed = subprocess.run(
-            [docker, "ps", "--no-trunc", "--format", "{{.Command}}\t{{.Image}}\t{{.RunningFor}}"],
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )
+        done = subprocess.run([docker, *args], capture_output=True, text=True, timeout=timeout, check=False,
+                              env=dict(environ))
     except (OSError, subprocess.SubprocessError):
         return None
-    return _build_step(listed.stdout) if listed.returncode == 0 else None
+    return done.stdout if done.returncode == 0 else None
 
 
 def _build_step(listing: str) -> str | None:
@@ -413,16 +419,11 @@ def docker_context_env(environ: Mapping[str, str] | None = None) -> dict[str, st
     "Allow the default Docker socket to be used" is on. Hosts reached over SSH are not affected:
     the controller's environment does not reach their modules. Empty when no docker CLI answers."""
     environ = os.environ if environ is None else environ
-    docker = shutil.which("docker", path=environ.get("PATH"))
-    if environ.get("DOCKER_HOST") or docker is None:
+    if environ.get("DOCKER_HOST"):
         return {}
-    try:
-        found = subprocess.run([docker, "context", "inspect", "--format", "{{.Endpoints.docker.Host}}"],
-                               capture_output=True, text=True, timeout=10, check=False, env=dict(environ))
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    host = found.stdout.strip()
-    return {"DOCKER_HOST": host} if found.returncode == 0 and host else {}
+    host = (_docker("context", "inspect", "--format", "{{.Endpoints.docker.Host}}", timeout=10, environ=environ)
+            or "").strip()
+    return {"DOCKER_HOST": host} if host else {}
 
 
 def run_playbook(

@@ -34,6 +34,7 @@ import fcntl
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -213,10 +214,8 @@ def exclusive() -> Iterator[None]:
 
 def snapshot_time(text: str) -> datetime.datetime:
     """restic's time of a snapshot (RFC 3339, with nanoseconds), as an aware datetime."""
-    whole, _, fraction = text.partition(".")
-    zone = next((fraction[i:] for i, char in enumerate(fraction) if char in "Z+-"), "") if fraction else ""
-    stamp = whole + (f".{fraction[:len(fraction) - len(zone)][:6]}" if fraction else "") + zone
-    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    # fromisoformat takes at most microseconds.
+    return datetime.datetime.fromisoformat(re.sub(r"([.][0-9]{6})[0-9]+", r"\1", text).replace("Z", "+00:00"))
 
 
 def last_due(schedule: str, now: datetime.datetime) -> datetime.datetime:
