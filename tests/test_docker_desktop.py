@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import PROJECT, ansible_playbook, run, write_vars
+import pytest
+
+from conftest import PROJECT, ansible_playbook, require, run, write_vars
 
 # Docker Desktop's default VM has 8 GiB, of which its kernel reports about 7.7 to containers.
 DESKTOP_MEMORY_GIB = 7.5
@@ -66,3 +68,13 @@ def test_a_base_image_that_cannot_be_had_is_reported_as_itself_off_debian(tmp_pa
             "(") in output and "registry.invalid" in output.split("cannot be pulled (", 1)[1][:200]
     assert "debootstrap makes it only on a Debian or Ubuntu Docker host" in output
     assert "Build the base image with debootstrap" not in done.stdout
+
+
+def test_a_missing_tool_fails_its_test_except_on_macos(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On Linux scripts/bootstrap installs OpenSSH's server and Chromium: their absence is a failure.
+    with pytest.raises(pytest.fail.Exception, match="OpenSSH's server: missing on this machine"):
+        require(False, "OpenSSH's server")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(pytest.skip.Exception, match="OpenSSH's server: not on this Mac"):
+        require(False, "OpenSSH's server")
+    require(True, "OpenSSH's server")
