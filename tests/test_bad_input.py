@@ -13,9 +13,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PROJECT, aie, ansible_playbook, behind_a_context, containers, run, write_vars
+from conftest import PROJECT, aie, ansible_playbook, behind_a_context, containers, docker_answers, run, write_vars
 
 PREFIX = "aiebad"
+
+
+STATE = Path.home() / ".local" / "share" / "aie" / PREFIX
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_left_of_an_earlier_run() -> None:
+    """What an interrupted earlier run of these tests may have left (containers, the S3
+    volume of `minio_store`, the state folder of a deployment that got past validation) would make a
+    refusal take another branch, or a check of "nothing changed" fail: removed first."""
+    if docker_answers():
+        for name in containers(PREFIX):
+            run(["docker", "rm", "-f", name], timeout=120)
+        run(["docker", "volume", "rm", "-f", f"{PREFIX}-minio-data"], timeout=60)
+    shutil.rmtree(STATE, ignore_errors=True)
 
 
 def deploy(tmp_path: Path, inventory: str = "inventory/local", **settings: object) -> str:
@@ -27,7 +42,7 @@ def deploy(tmp_path: Path, inventory: str = "inventory/local", **settings: objec
     # on the host, no keys.
     assert "Look for the image and the images it is built from" not in result.stdout
     assert containers(PREFIX) == []
-    assert not (Path.home() / ".local" / "share" / "aie" / PREFIX).exists()
+    assert not STATE.exists()
     assert not (tmp_path / "keys" / "sftp_client_ed25519").exists()
     return result.stdout + result.stderr
 

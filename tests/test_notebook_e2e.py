@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import ssl
+import tempfile
 import threading
 import time
 import urllib.error
@@ -246,13 +247,15 @@ def browse(url: str, screenshot: str | None, env: dict[str, str] | None = None) 
     common = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
               "--window-size=1400,900", "--virtual-time-budget=15000"]
-    with_profile = lambda: [f"--user-data-dir=/tmp/aie-chromium-{uuid.uuid4().hex}"]  # noqa: E731
-    if screenshot is not None:
-        shot = run([*common, *with_profile(), f"--screenshot={ARTIFACTS / screenshot}", url], timeout=300,
-                   extra_env=env)
-        assert shot.returncode == 0, shot.stderr[-2000:]
-        assert (ARTIFACTS / screenshot).stat().st_size > 10_000
-    dom = run([*common, *with_profile(), "--dump-dom", url], timeout=300, extra_env=env)
+    # A new empty profile for each start, removed after it.
+    with tempfile.TemporaryDirectory(prefix="aie-chromium-") as first, \
+            tempfile.TemporaryDirectory(prefix="aie-chromium-") as second:
+        if screenshot is not None:
+            shot = run([*common, f"--user-data-dir={first}", f"--screenshot={ARTIFACTS / screenshot}", url],
+                       timeout=300, extra_env=env)
+            assert shot.returncode == 0, shot.stderr[-2000:]
+            assert (ARTIFACTS / screenshot).stat().st_size > 10_000
+        dom = run([*common, f"--user-data-dir={second}", "--dump-dom", url], timeout=300, extra_env=env)
     assert dom.returncode == 0, dom.stderr[-2000:]
     return dom.stdout
 
