@@ -23,8 +23,11 @@ down: bootstrap
 status: bootstrap
 	$(VENV)/bin/aie status
 
+# Two workers (pytest-xdist): the independent deployments (the end-to-end stack, PostgreSQL's, the
+# upgrade drill's, Molecule's test hosts) run side by side, each module in one worker
+# (tests/conftest.py groups them; image builds take turns).
 test: bootstrap-test
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # The fast tests, on every core: no Docker engine needed (addresses, validation, CLI, platforms,
 # SFTP store). The static checks are `make lint`.

@@ -29,8 +29,10 @@ setup(
         ],
         "test": [
             "pytest>=8,<10",
-            # `make unit` runs on every core.
+            # `make unit` runs on every core, `make test` on two workers; filelock lets the
+            # workers take turns at building images.
             "pytest-xdist>=3.5,<4",
+            "filelock>=3.12",
             "ruff>=0.6",
             "mypy>=1.10",
             "types-paramiko",

@@ -9,11 +9,13 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from filelock import FileLock
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -233,12 +235,33 @@ def jupyter_exec(*command: str, timeout: float = 600) -> subprocess.CompletedPro
     return run(in_jupyterlab(*command), timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+# The modules that share the end-to-end stack (the `stack` fixture): one group, so that one
+# worker deploys it once.
+STACK_MODULES = {"test_e2e_local", "test_notebook_e2e", "test_restore_drill", "test_s3_stress"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that need a Docker engine (through the docker_engine fixture) are marked `docker`:
-    `make unit` runs the others, the fast ones."""
+    `make unit` runs the others, the fast ones. Each module is one group for `make test`'s two
+    workers (pytest-xdist, --dist loadgroup), the stack's modules one together: a module's
+    deployment is made once, and the independent ones (the stack, PostgreSQL's, the upgrade
+    drill's, Molecule's test hosts) run side by side."""
     for item in items:
         if "docker_engine" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.docker)
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group("stack" if module in STACK_MODULES else module))
+
+
+@contextmanager
+def building(factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One deployment that may build images at a time, across the test workers: two building
+    the same image at once would each tag their own, and leave the other's containers on an
+    image no longer tagged (a later `aie up` then re-creates them)."""
+    base = factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with FileLock(str(shared / "aie-building.lock")):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -247,16 +270,21 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> None:
     it (as `aie up` would)."""
     if docker_answers():
         return
-    work = tmp_path_factory.mktemp("engine")
-    extra = write_vars(work / "vars.json", {"aie_name_prefix": PREFIX, "aie_keys_dir": str(work / "keys")})
-    started = ansible_playbook("-i", "inventory/local", "playbooks/prerequisites.yml", "-e", extra, timeout=1800)
+    with building(tmp_path_factory):
+        # Another worker may have started it meanwhile.
+        if docker_answers():
+            return
+        work = tmp_path_factory.mktemp("engine")
+        extra = write_vars(work / "vars.json", {"aie_name_prefix": PREFIX, "aie_keys_dir": str(work / "keys")})
+        started = ansible_playbook("-i", "inventory/local", "playbooks/prerequisites.yml", "-e", extra, timeout=1800)
     assert started.returncode == 0, started.stdout[-3000:]
 
 
 @pytest.fixture(scope="session")
-def common_image(docker_engine: None) -> None:
+def common_image(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The base image and the common layer every image is built FROM, in this engine."""
-    prepared = ansible_playbook("-i", "inventory/local", "playbooks/prerequisites.yml", timeout=1800)
+    with building(tmp_path_factory):
+        prepared = ansible_playbook("-i", "inventory/local", "playbooks/prerequisites.yml", timeout=1800)
     assert prepared.returncode == 0, prepared.stdout[-3000:]
 
 
@@ -274,7 +302,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
     # earlier run (with other generated credentials) are removed first.
     leftovers = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
-    up = aie("up", "-e", extra)
+    with building(tmp_path_factory):
+        up = aie("up", "-e", extra)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         # The tests' own MLflow clients sign in as the admin (the containers as their accounts).

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import PROJECT, aie, ansible_playbook, run, write_vars
+from conftest import PROJECT, aie, ansible_playbook, building, run, write_vars
 
 PREFIX = "aiex"
 SERVER = "aiex-s3"
@@ -61,12 +61,13 @@ def _client(keys: dict[str, str]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def s3_server(common_image: None) -> Iterator[dict[str, dict[str, str]]]:
+def s3_server(common_image: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, str]]]:
     """A RADOS Gateway on 127.0.0.1:PORT with a root user and a user that may not create buckets."""
-    if not _image_present(IMAGE):
-        built = run(["docker", "build", "--build-arg", "BASE_IMAGE=aie/common:latest", "-t", IMAGE,
-                     str(PROJECT / "roles/minio/docker/rgw")], timeout=3600)
-        assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    with building(tmp_path_factory):
+        if not _image_present(IMAGE):
+            built = run(["docker", "build", "--build-arg", "BASE_IMAGE=aie/common:latest", "-t", IMAGE,
+                         str(PROJECT / "roles/minio/docker/rgw")], timeout=3600)
+            assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     upper, mixed = string.ascii_uppercase + string.digits, string.ascii_letters + string.digits
     users = {"root": {"access": _key(upper, 20), "secret": _key(mixed, 40)},
              "limited": {"access": _key(upper, 20), "secret": _key(mixed, 40)}}

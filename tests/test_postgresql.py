@@ -34,6 +34,7 @@ from conftest import (
     PREVIOUS_MLFLOW,
     aie,
     bounded_load,
+    building,
     containers,
     http_status,
     mlflow_admin,
@@ -64,8 +65,9 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     leftovers = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
     inventory = write_local_inventory(work / "previous.yml", PREVIOUS_GROUPS)
-    previous = aie("up", "-i", str(inventory), "-e", write_vars(work / "previous.json", {
-        **settings, **PREVIOUS_IMAGES, "aie_mlflow_version": PREVIOUS_MLFLOW}))
+    with building(tmp_path_factory):
+        previous = aie("up", "-i", str(inventory), "-e", write_vars(work / "previous.json", {
+            **settings, **PREVIOUS_IMAGES, "aie_mlflow_version": PREVIOUS_MLFLOW}))
     saved = {name: os.environ.get(name) for name in mlflow_admin(keys)}
     try:
         assert previous.returncode == 0, previous.stdout[-3000:] + previous.stderr[-3000:]
@@ -78,7 +80,8 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
                                               run_id=logged)
         mlflow.set_registered_model_alias("upgrade-drill", "champion", version.version)
         started = time.perf_counter()
-        up = aie("up", "-e", extra)
+        with building(tmp_path_factory):
+            up = aie("up", "-e", extra)
         print(f"upgrade from MLflow {PREVIOUS_MLFLOW} to {PINNED_MLFLOW} on PostgreSQL: "
               f"aie up {time.perf_counter() - started:.0f} s")
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]

@@ -33,6 +33,7 @@ from conftest import (
     PREVIOUS_MLFLOW,
     PROJECT,
     aie,
+    building,
     containers,
     http_status,
     mlflow_admin,
@@ -133,15 +134,17 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     engines["rgw"]["image"] = f"aie-{PREVIOUS}/rgw:latest"
     old_settings = {**settings, "minio_engines": engines,
                     **{name: f"aie-{PREVIOUS}/{image}:latest" for name, image in PREVIOUS_IMAGES.items()}}
-    old_up = run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml",
-                  "-e", write_vars(work / "previous-vars.json", old_settings)],
-                 timeout=3600, cwd=previous, extra_env={"ANSIBLE_CONFIG": str(previous / "ansible.cfg")})
+    with building(tmp_path_factory):
+        old_up = run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml",
+                      "-e", write_vars(work / "previous-vars.json", old_settings)],
+                     timeout=3600, cwd=previous, extra_env={"ANSIBLE_CONFIG": str(previous / "ansible.cfg")})
     try:
         assert old_up.returncode == 0, old_up.stdout[-3000:] + old_up.stderr[-3000:]
         logged = mlflow_exec("python", "-c", LOG_RUNS, env={"MLFLOW_TRACKING_URI": "http://localhost:5000"})
         assert logged.returncode == 0, logged.stderr[-3000:]
         started = time.monotonic()
-        up = aie("up", "-i", str(inventory), "-e", extra)
+        with building(tmp_path_factory):
+            up = aie("up", "-i", str(inventory), "-e", extra)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         print(f"upgrade from {PREVIOUS} (MLflow {PREVIOUS_MLFLOW}) to MLflow {PINNED_MLFLOW}: "
               f"aie up {time.monotonic() - started:.0f} s")
