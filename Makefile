@@ -27,7 +27,7 @@ status: bootstrap
 # upgrade drill's, Molecule's test hosts) run side by side, each module in one worker
 # (tests/conftest.py groups them; image builds take turns).
 test: bootstrap-test
-	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The fast tests, on every core: no Docker engine needed (addresses, validation, CLI, platforms,
 # SFTP store). The static checks are `make lint`.

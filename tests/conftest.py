@@ -238,19 +238,44 @@ def jupyter_exec(*command: str, timeout: float = 600) -> subprocess.CompletedPro
 # The modules that share the end-to-end stack (the `stack` fixture): one group, so that one
 # worker deploys it once.
 STACK_MODULES = {"test_e2e_local", "test_notebook_e2e", "test_restore_drill", "test_s3_stress"}
+# The longest groups, longest first, handed out before the others (`make test` passes
+# --no-loadscope-reorder, which keeps this order): a worker that drew a long group late would
+# leave the other idle at the end.
+LONGEST_FIRST = ["stack", "test_molecule", "test_postgresql", "test_upgrade"]
+
+
+def group_of(nodeid: str) -> str:
+    """The group of a test: its module, the stack's modules one together."""
+    module = Path(nodeid.split("::")[0]).stem
+    return "stack" if module in STACK_MODULES else module
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that need a Docker engine (through the docker_engine fixture) are marked `docker`:
-    `make unit` runs the others, the fast ones. Each module is one group for `make test`'s two
-    workers (pytest-xdist, --dist loadgroup), the stack's modules one together: a module's
-    deployment is made once, and the independent ones (the stack, PostgreSQL's, the upgrade
-    drill's, Molecule's test hosts) run side by side."""
+    `make unit` runs the others, the fast ones. The longest groups come first, each group's
+    tests in their order."""
     for item in items:
         if "docker_engine" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.docker)
-        module = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("stack" if module in STACK_MODULES else module))
+    rank = {group: place for place, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(group_of(item.nodeid), len(rank)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test`'s two workers (pytest-xdist, --dist loadscope) each take whole groups: a
+    module's deployment is made once, and the independent ones (the stack, PostgreSQL's, the
+    upgrade drill's, Molecule's test hosts) run side by side. Written here rather than with
+    xdist's `xdist_group` marks and --dist loadgroup: xdist 3.8 groups by rewriting test ids,
+    which pytest 9.2 no longer lets it do (every test became a group of its own)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # only where xdist runs the tests
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ByGroup(config, log)
 
 
 @contextmanager
