@@ -2,7 +2,7 @@
 
 The end-to-end restore drill and the multihost scenario run it for real in its container;
 these tests pin down what they cannot see: consistent copies of live SQLite databases, which
-files count as databases, glob escaping for restic's exclude list and the refusals.
+files are copied as databases, escaping for restic's exclude list and the refusals.
 """
 
 from __future__ import annotations
@@ -50,22 +50,40 @@ def test_a_live_database_is_copied_whole_and_consistent(tool: ModuleType, tmp_pa
     assert copy.stat().st_mode & 0o777 == 0o640
 
 
-def test_only_sqlite_files_count_as_databases(tool: ModuleType, tmp_path: Path) -> None:
-    (tmp_path / "runs" / "1").mkdir(parents=True)
-    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+def test_only_the_databases_the_deployment_names_are_copied_as_databases(
+    tool: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = tmp_path / "mlflow-data"
+    (volume / "runs" / "1").mkdir(parents=True)
+    with sqlite3.connect(volume / "mlflow.db") as db:
         db.execute("CREATE TABLE t (x)")
-    with sqlite3.connect(tmp_path / "runs" / "1" / "auth.db") as db:
+    # What users may put on a volume: a database of their own, a file that begins with SQLite's
+    # header and is none, a database whose name holds exclude patterns, a link to a database.
+    with sqlite3.connect(volume / "runs" / "1" / "auth.db") as db:
         db.execute("CREATE TABLE t (x)")
-    (tmp_path / "mlflow.db-wal").write_bytes(b"SQLite format 3\x00 but a side file")
-    (tmp_path / "model.pkl").write_bytes(b"\x80\x04 not a database")
-    (tmp_path / "link.db").symlink_to(tmp_path / "mlflow.db")
-    found = sorted(path.relative_to(tmp_path).as_posix() for path in tool.databases(tmp_path))
-    assert found == ["mlflow.db", "runs/1/auth.db"]
+    (volume / "broken.db").write_bytes(b"SQLite format 3\x00 and then other bytes")
+    with sqlite3.connect(volume / "x\nvolumes\nstage") as db:
+        db.execute("CREATE TABLE t (x)")
+    (volume / "link.db").symlink_to(volume / "mlflow.db")
+    (volume / "mlflow.db-wal").write_bytes(b"SQLite format 3\x00 but a side file")
+    monkeypatch.setattr(tool, "VOLUMES", tmp_path)
+    named = [{"volume": "mlflow-data", "path": path} for path in ("mlflow.db", "basic_auth.db", "link.db")]
+    # basic_auth.db does not exist (yet); link.db is named but a link: neither is copied.
+    assert list(tool.databases({"databases": named})) == [volume / "mlflow.db"]
+    assert list(tool.databases({})) == []
 
 
 def test_glob_characters_are_escaped_for_restic(tool: ModuleType) -> None:
     assert tool.glob_escape(Path("/volumes/a[1]/b*?.db")) == "/volumes/a\\[1\\]/b\\*\\?.db"
     assert tool.glob_escape(Path("/volumes/plain/mlflow.db")) == "/volumes/plain/mlflow.db"
+    assert tool.exclude_line(Path("/volumes/a[1]/mlflow.db")) == "/volumes/a\\[1\\]/mlflow.db"
+
+
+@pytest.mark.parametrize("name", ["x\nvolumes\nstage", "x\rvolumes"])
+def test_a_line_break_never_reaches_restics_exclude_file(tool: ModuleType, name: str) -> None:
+    # restic reads its exclude file line by line: the name would become patterns of their own.
+    with pytest.raises(tool.BackupError, match="its name holds a line break"):
+        tool.exclude_line(Path("/volumes/mlflow-data") / name)
 
 
 def test_occupied_lists_the_volumes_that_hold_data(

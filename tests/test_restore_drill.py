@@ -2,23 +2,29 @@
 
 The drill logs runs with parameters, metrics and artifacts in both experiments (SFTP and
 S3), backs up with `aie backup`, removes the data volumes, restores with `aie restore` and
-checks, through MLflow, that every run, parameter, metric step and artifact byte is back.
-The tests run in file order: each builds on the state the one before left.
+checks, through MLflow, that every run, parameter, metric step and artifact byte is back;
+files users put on a volume that look like databases, or whose names hold restic's patterns,
+neither stop the backup nor leave anything out of it. The tests run in file order: each builds
+on the state the one before left.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
+import secrets
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from conftest import PREFIX, aie, in_jupyterlab, jupyter_exec, mlflow_status, run, write_vars
+from conftest import PREFIX, PROJECT, aie, in_jupyterlab, jupyter_exec, mlflow_status, run, write_vars
 
 VOLUMES = [f"{PREFIX}-{name}" for name in ("mlflow-data", "sftp-data", "minio-data")]
 
@@ -103,6 +109,40 @@ print(sorted(entry.path for entry in repo.list_artifacts()), flush=True)
 """
 
 
+# Files anyone with the SFTP key can put on its volume (run in the backup container, which
+# mounts it): one that begins with SQLite's header and is no database, a database whose name
+# holds restic's exclude patterns `volumes` and `stage` (every volume and the database copies),
+# and a canary; prints each file's checksum.
+PLANT_USER_FILES = r"""
+import os, sqlite3, sys
+folder = sys.argv[1]
+os.makedirs(folder)
+with open(os.path.join(folder, "broken.db"), "wb") as handle:
+    handle.write(b"SQLite format 3\x00" + os.urandom(4096))
+db = sqlite3.connect(os.path.join(folder, "x\nvolumes\nstage"))
+db.execute("CREATE TABLE t (x)")
+db.execute("INSERT INTO t VALUES (1)")
+db.commit()
+db.close()
+with open(os.path.join(folder, "canary.bin"), "wb") as handle:
+    handle.write(os.urandom(100_000))
+"""
+USER_FILES_DIGEST = r"""
+import hashlib, json, os, sys
+folder = sys.argv[1]
+names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+print(json.dumps({name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest()
+                  for name in names}))
+"""
+USER_FILES = "/volumes/sftp-data/drill-user-files"
+
+
+def in_backup_container(script: str, *args: str) -> str:
+    done = run(["docker", "exec", f"{PREFIX}-backup", "python3", "-c", script, *args], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 def log_runs(count: int) -> list[str]:
     result = jupyter_exec("python", "-c", LOG_DRILL_RUNS, str(count), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -140,8 +180,12 @@ def mlflow_answers() -> bool:
 def drill(stack: dict[str, Any]) -> dict[str, Any]:
     run_ids = log_runs(3)
     before = digest(run_ids)
+    in_backup_container(PLANT_USER_FILES, USER_FILES)
+    user_files = json.loads(in_backup_container(USER_FILES_DIGEST, USER_FILES))
+    assert len(user_files) == 3, user_files
     snapshot, seconds = backup(stack)
-    return {"run_ids": run_ids, "before": before, "snapshot": snapshot, "backup_seconds": seconds}
+    return {"run_ids": run_ids, "before": before, "user_files": user_files, "snapshot": snapshot,
+            "backup_seconds": seconds}
 
 
 def test_backup_is_listed_and_kept_outside_the_volumes(stack: dict[str, Any], drill: dict[str, Any]) -> None:
@@ -170,6 +214,37 @@ def test_an_unknown_snapshot_is_named(stack: dict[str, Any], drill: dict[str, An
     assert mlflow_answers()
 
 
+def test_a_database_that_cannot_be_copied_is_named_and_the_rest_is_backed_up(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    # aie-backup in the stack's backup image, on a folder of its own: the database the
+    # deployment names is no database (SQLite's header, then other bytes).
+    image = yaml.safe_load((PROJECT / "roles/backup/defaults/main.yml").read_text())["backup_image"]
+    config, volume, repository = (tmp_path / name for name in ("config", "data", "repository"))
+    for folder in (config, volume, repository):
+        folder.mkdir()
+    (config / "password").write_text(secrets.token_hex(16))
+    (config / "backup.json").write_text(json.dumps({
+        "host": "drill", "tag": "drill", "repository": "/repository", "options": [],
+        "password_file": "/config/password", "volumes": ["data"], "quiesce": [], "dumps": [], "prune": False,
+        "databases": [{"volume": "data", "path": "mlflow.db"}], "schedule": "17 3 * * *"}))
+    (volume / "mlflow.db").write_bytes(b"SQLite format 3\x00" + os.urandom(8192))
+    (volume / "canary.bin").write_bytes(os.urandom(50_000))
+    docker = ["docker", "run", "--rm", "-v", f"{config}:/config:ro", "-v", f"{volume}:/volumes/data",
+              "-v", f"{repository}:/repository", "-e", "AIE_BACKUP_CONFIG=/config/backup.json",
+              "-e", "RESTIC_REPOSITORY=/repository", "-e", "RESTIC_PASSWORD_FILE=/config/password"]
+    done = run([*docker, "--entrypoint", "aie-backup", image, "backup"], timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "was taken without a consistent copy of /volumes/data/mlflow.db: " in last, last
+    listed = run([*docker, "--entrypoint", "restic", image, "ls", "--json", "latest"], timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    paths = {entry.get("path") for entry in map(json.loads, listed.stdout.splitlines()) if entry.get("path")}
+    # The rest is in the snapshot, the database as the file it is, and no half copy of it.
+    assert {"/volumes/data/canary.bin", "/volumes/data/mlflow.db"} <= paths, paths
+    assert "/stage/data/mlflow.db" not in paths
+
+
 def test_restore_drill_brings_back_every_run_metric_and_artifact(
     stack: dict[str, Any], drill: dict[str, Any]
 ) -> None:
@@ -184,6 +259,7 @@ def test_restore_drill_brings_back_every_run_metric_and_artifact(
     assert f"from snapshot {drill['snapshot']}" in restored.stdout, restored.stdout
     after = digest(drill["run_ids"])
     assert after == drill["before"]
+    assert json.loads(in_backup_container(USER_FILES_DIGEST, USER_FILES)) == drill["user_files"]
     runs = len(after)
     metrics = sum(len(steps) for state in after.values() for steps in state["metrics"].values())
     params = sum(len(state["params"]) for state in after.values())

@@ -17,12 +17,15 @@ the backup role); the volumes are mounted at /volumes/<name>.
     aie-backup occupied                the volumes that hold data, as JSON
     aie-backup restore SNAPSHOT [--force]
 
-Consistency: SQLite databases (MLflow's backend store) are copied with SQLite's online backup
-API into /stage/<volume>/ and the live files are left out of the snapshot; PostgreSQL (under
+Consistency: MLflow's SQLite stores (the files named under "databases": the deployment's own,
+never files users put on the volumes) are copied with SQLite's online backup API into
+/stage/<volume>/ and the live files are left out of the snapshot; PostgreSQL (under
 "dumps") dumps its databases into its volume with pg_dump, run in its container, and its live
 cluster files are left out (after a restore its entrypoint loads the dumps); containers listed
 under "quiesce" (the object store: MinIO's plain files, or the rgw engine's Ceph monitor store
 and BlueStore file) are paused while restic reads, so that their volume is taken at one point.
+A database that cannot be copied or a dump that fails is reported by name after the snapshot of
+everything else was taken (and the command exits 1): one failure does not stop the backup.
 """
 
 from __future__ import annotations
@@ -120,12 +123,14 @@ def is_sqlite(path: Path) -> bool:
         return False
 
 
-def databases(volume: Path) -> Iterator[Path]:
-    for root, _dirs, files in os.walk(volume):
-        for name in files:
-            path = Path(root) / name
-            if is_sqlite(path):
-                yield path
+def databases(config: dict[str, Any]) -> Iterator[Path]:
+    """The SQLite databases the deployment names (config "databases": a volume and a path in it)
+    that exist: only these are copied as databases. Files that users put on the volumes (an
+    artifact may begin with SQLite's header, or be a database) are backed up as any file is."""
+    for entry in config.get("databases", []):
+        path = VOLUMES / entry["volume"] / entry["path"]
+        if is_sqlite(path):
+            yield path
 
 
 def copy_database(source: Path, target: Path) -> None:
@@ -144,6 +149,14 @@ def copy_database(source: Path, target: Path) -> None:
 
 def glob_escape(path: Path) -> str:
     return "".join(f"\\{c}" if c in "[]*?\\" else c for c in str(path))
+
+
+def exclude_line(path: Path) -> str:
+    """A line of restic's exclude file that matches path alone. restic reads the file line by
+    line, with no way to escape a line break: a name holding one is refused, never split."""
+    if "\n" in str(path) or "\r" in str(path):
+        raise BackupError(f"cannot leave {str(path)!r} out of the snapshot: its name holds a line break")
+    return glob_escape(path)
 
 
 class DockerAPI:
@@ -276,21 +289,34 @@ def backup_now(config: dict[str, Any]) -> None:
     docker = DockerAPI()
     excludes: list[str] = []
     copied: list[str] = []
+    # What could not be copied or dumped: reported once the snapshot of the rest is taken.
+    failed: list[str] = []
     for volume in volumes:
         (STAGE / volume.name).mkdir(parents=True)
-        for database in databases(volume):
-            copy_database(database, STAGE / volume.name / database.relative_to(volume))
-            copied.append(str(database))
-            excludes += [glob_escape(database)] + [glob_escape(database) + s for s in SQLITE_SIDE_FILES]
+    for database in databases(config):
+        staged = STAGE / database.relative_to(VOLUMES)
+        try:
+            copy_database(database, staged)
+        except (sqlite3.Error, OSError, BackupError) as error:
+            # No half copy in the snapshot (a restore would put it in place of the database);
+            # the live file stays in it as restic reads it: better than nothing.
+            staged.unlink(missing_ok=True)
+            failed.append(f"{database}: {error}")
+            continue
+        copied.append(str(database))
+        excludes += [exclude_line(database)] + [exclude_line(Path(f"{database}{s}")) for s in SQLITE_SIDE_FILES]
     dumped: list[str] = []
     for dump in config.get("dumps", []):
         code, output = docker.exec(dump["container"], dump["command"], dump["user"])
+        volume = VOLUMES / dump["volume"]
+        # The cluster's live files are left out either way: a copy of them taken while the
+        # server runs is no database; the dump of the last good backup stays on the volume.
+        excludes += [exclude_line(volume / live) for live in dump["live"]]
         if code != 0:
             lines = output.strip().splitlines()
-            raise BackupError(f"the dump in {dump['container']} failed ({code}): {' | '.join(lines[-5:])}")
+            failed.append(f"the dump in {dump['container']} ({code}): {' | '.join(lines[-5:])}")
+            continue
         dumped.append(dump["container"])
-        volume = VOLUMES / dump["volume"]
-        excludes += [glob_escape(volume / live) for live in dump["live"]]
     exclude_file = Path("/tmp/aie-backup-excludes")
     exclude_file.write_text("".join(f"{line}\n" for line in excludes))
     paused: list[str] = []
@@ -318,8 +344,12 @@ def backup_now(config: dict[str, Any]) -> None:
         "added_bytes": summary.get("data_added"),
         "databases": copied,
         "dumps": dumped,
+        "failed": failed,
         "seconds": round(time.monotonic() - started, 1),
     }))
+    if failed:
+        raise BackupError(f"snapshot {str(summary.get('snapshot_id'))[:8]} was taken without a consistent copy of "
+                          + "; ".join(failed))
 
 
 def forget(config: dict[str, Any], *selection: str) -> None:
