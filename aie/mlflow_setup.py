@@ -36,7 +36,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+# What MLflow grants a user on an experiment (its RESOURCE_GRANTABLE_PERMISSIONS): DENY keeps
+# the user out; NO_PERMISSIONS is no longer granted on an experiment.
+PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "DENY")
 # Lookups in flight at once: enough to keep a server's workers busy, few enough not to queue.
 PARALLEL = 4
 T = TypeVar("T")
@@ -165,6 +167,9 @@ def permissions(admin: Server, wanted: dict[str, Any], ids: dict[str, str], exis
         if experiment not in ids:
             raise SetupError(f"mlflow_users: {name} is given {permission} on experiment {experiment}, "
                              "which mlflow_experiments does not list")
+        if permission == "NO_PERMISSIONS":
+            raise SetupError(f"mlflow_users: {name} is given NO_PERMISSIONS on {experiment}, which MLflow does not "
+                             "grant on an experiment: use DENY to keep the user out of it")
         if permission not in PERMISSIONS:
             raise SetupError(f"mlflow_users: {name} is given {permission} on {experiment}; "
                              f"choose one of {', '.join(PERMISSIONS)}")

@@ -86,6 +86,11 @@ def test_a_bad_mlflow_user_is_refused(tmp_path: Path, user: dict[str, object]) -
     assert "short-one" not in output
 
 
+def test_no_permissions_is_refused_with_a_line_that_names_deny(tmp_path: Path) -> None:
+    output = deploy(tmp_path, mlflow_users=[{"name": "alice", "permissions": {"notebooks-s3": "NO_PERMISSIONS"}}])
+    assert "mlflow_users: alice given NO_PERMISSIONS" in output and "use DENY to keep a user out" in output
+
+
 def test_client_keys_equal_to_the_servers_are_refused(tmp_path: Path) -> None:
     output = deploy(tmp_path, aie_s3_access_key="AIETESTSAMEKEY000001", aie_s3_client_access_key="AIETESTSAMEKEY000001")
     assert "aie_s3_client_access_key is aie_s3_access_key" in output

@@ -137,6 +137,57 @@ def test_a_permission_on_an_unlisted_experiment_is_refused_by_name(server: str) 
     assert "notebooks is given EDIT on experiment team-z" in result.stderr
 
 
+def call(url: str, account: tuple[str, str], body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON answer) of one call as account: a POST with body, else a GET."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, headers={
+        "Authorization": "Basic " + base64.b64encode(":".join(account).encode()).decode(),
+        "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - the test server
+            return answer.status, json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, {}
+
+
+def test_a_user_denied_an_experiment_is_refused_its_runs_and_artifacts(server: str) -> None:
+    outsider = {"username": "outsider", "password": "outsider-password-0123", "admin": False,
+                "permissions": {"team-a": "DENY"}}
+    wanted = {"experiments": EXPERIMENTS, "accounts": [outsider]}
+    assert changes(setup(server, **wanted)) == ["account outsider created", "outsider given DENY on experiment team-a"]
+    assert changes(setup(server, **wanted)) == []
+    api = f"{server}/api/2.0/mlflow"
+    ids = {e["name"]: call(f"{api}/experiments/get-by-name?experiment_name={e['name']}", ADMIN)[1]["experiment"]
+           ["experiment_id"] for e in EXPERIMENTS}
+    runs = {}
+    for name, experiment_id in ids.items():
+        status, answer = call(f"{api}/runs/create", ADMIN, {"experiment_id": experiment_id})
+        assert status == 200, answer
+        runs[name] = answer["run"]["info"]["run_id"]
+        assert call(f"{api}/runs/log-metric", ADMIN, {"run_id": runs[name], "key": "loss", "value": 0.5,
+                                                      "timestamp": 0, "step": 0})[0] == 200
+    account = (outsider["username"], outsider["password"])
+    denied = {
+        "the experiment": f"{api}/experiments/get?experiment_id={ids['team-a']}",
+        "its run": f"{api}/runs/get?run_id={runs['team-a']}",
+        "its metrics": f"{api}/metrics/get-history?run_id={runs['team-a']}&metric_key=loss",
+        "its artifacts": f"{api}/artifacts/list?run_id={runs['team-a']}",
+        "an artifact": f"{server}/get-artifact?run_id={runs['team-a']}&path=model/MLmodel",
+    }
+    assert {what: call(url, account)[0] for what, url in denied.items()} == dict.fromkeys(denied, 403)
+    status, found = call(f"{api}/runs/search", account, {"experiment_ids": [ids["team-a"]]})
+    assert status == 403 or not found.get("runs"), found
+    # The same account reads the other experiment (default READ): the refusal is the grant's.
+    assert call(f"{api}/runs/get?run_id={runs['team-b']}", account)[0] == 200
+    assert call(f"{api}/metrics/get-history?run_id={runs['team-b']}&metric_key=loss", account)[0] == 200
+
+
+def test_no_permissions_is_refused_with_a_line_that_names_deny(server: str) -> None:
+    wanted = {**CLIENT, "permissions": {"team-a": "NO_PERMISSIONS"}}
+    result = setup(server, experiments=EXPERIMENTS, accounts=[wanted])
+    assert result.returncode == 1
+    assert "notebooks is given NO_PERMISSIONS on team-a" in result.stderr and "use DENY" in result.stderr
+
+
 def test_a_server_that_does_not_answer_is_named(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = setup(url, experiments=EXPERIMENTS)
