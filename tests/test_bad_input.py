@@ -91,6 +91,14 @@ def test_no_permissions_is_refused_with_a_line_that_names_deny(tmp_path: Path) -
     assert "mlflow_users: alice given NO_PERMISSIONS" in output and "use DENY to keep a user out" in output
 
 
+@pytest.mark.parametrize(("variable", "value"), [("aie_container_log_max_size", "ten megabytes"),
+                                                 ("aie_container_log_max_files", 0),
+                                                 ("aie_container_pids_limit", 10)])
+def test_bad_log_and_process_limits_are_refused(tmp_path: Path, variable: str, value: object) -> None:
+    output = deploy(tmp_path, **{variable: value})
+    assert "aie_container_log_max_size is a size with k, m or g (10m)" in output and str(value) in output
+
+
 def test_client_keys_equal_to_the_servers_are_refused(tmp_path: Path) -> None:
     output = deploy(tmp_path, aie_s3_access_key="AIETESTSAMEKEY000001", aie_s3_client_access_key="AIETESTSAMEKEY000001")
     assert "aie_s3_client_access_key is aie_s3_access_key" in output

@@ -290,6 +290,9 @@ def test_every_container_is_confined(stack: dict[str, Any]) -> None:
         assert {cap.removeprefix("CAP_") for cap in host["CapAdd"]} == allowed, name
         assert "no-new-privileges" in host["SecurityOpt"], name
         assert host["Memory"] > 0, name
+        # A process limit, and a log that rotates (group_vars/all/services.yml).
+        assert host["PidsLimit"] == 4096, name
+        assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}, name
         assert host["ReadonlyRootfs"] == (service in READ_ONLY), name
         if service in READ_ONLY:
             write = run(["docker", "exec", name, "touch", "/usr/aie-probe"])
