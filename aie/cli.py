@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import signal
@@ -48,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     down = add("down", "stop and remove the containers (data volumes are kept)")
     down.add_argument("--purge", action="store_true", help="also delete the data volumes (asks first)")
     down.add_argument("--yes", action="store_true", help="do not ask before --purge")
-    add("status", "show each service's health and URL")
+    status = add("status", "show each service's health and URL, each host's latest backup and its certificate")
+    status.add_argument("--check", action="store_true",
+                        help="print only what needs attention (a service down, a backup overdue, a certificate to "
+                             "renew) and exit 1 if anything does: for cron or a monitoring system")
     serve = add("serve", "serve a registered model (deploy, or update after the alias moved)")
     serve.add_argument("--model", help="registered model name (default: serving_model_name, conv-net-digits)")
     serve.add_argument("--alias", help="alias of the version to serve (default: serving_model_alias, champion)")
@@ -166,19 +170,13 @@ def _deploy(playbook: str, project_dir: Path, inventory: Path, extra: list[str],
 
 def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
     result = _run("playbooks/status.yml", project_dir, inventory, extra, args)
-    healthy = True
-    # Each entry says where aie_services lists the service, and whether it may rightly be down
-    # (nothing is served before a model is registered).
-    for host, report in sorted(result.facts.items()):
-        for service, entry in sorted(report.items(), key=lambda item: int(item[1]["order"])):
-            if entry["optional"] and not entry["healthy"]:
-                state = "stopped"
-            else:
-                healthy &= bool(entry["healthy"])
-                state = "healthy" if entry["healthy"] else "DOWN"
-            print(f"{service:<13} {state:<8} {entry['url']:<36} ({host})")
-            if entry.get("metrics"):
-                print(f"{'':<22} metrics: {entry['metrics']} (Prometheus, for MLflow accounts)")
+    lines, problems = status_lines(result.facts)
+    if args.check:
+        for line in problems:
+            print(line)
+        return 1 if problems else 0
+    for line in lines:
+        print(line)
     keys = keys_dir(project_dir, args.extra_vars)
     ca = keys / "tls" / "ca.pem"
     if ca.is_file():
@@ -191,7 +189,67 @@ def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse
     admin = secrets / "mlflow_admin_password"
     if admin.is_file():
         print(f"MLflow admin password: in {admin}")
-    return 0 if healthy else 1
+    # Only a service down fails plain `aie status`; --check also counts backups and certificates.
+    return 1 if any(" DOWN " in line for line in problems) else 0
+
+
+def _age(seconds: float) -> str:
+    """How long ago, to the unit that matters: 7 min, 5 h, 3 days."""
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 2 * 86400:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} days"
+
+
+def status_lines(reports: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """What `aie status` prints of each host's report (playbooks/status.yml), and the lines of
+    what needs attention: a service down, backups overdue, a certificate within its renewal window."""
+    lines: list[str] = []
+    problems: list[str] = []
+    for host, report in sorted(reports.items()):
+        # Each entry says where aie_services lists the service, and whether it may rightly be
+        # down (nothing is served before a model is registered).
+        for service, entry in sorted(report["services"].items(), key=lambda item: int(item[1]["order"])):
+            if entry["optional"] and not entry["healthy"]:
+                state = "stopped"
+            else:
+                state = "healthy" if entry["healthy"] else "DOWN"
+            line = f"{service:<13} {state:<8} {entry['url']:<36} ({host})"
+            lines.append(line)
+            if state == "DOWN":
+                problems.append(line)
+            if entry.get("metrics"):
+                lines.append(f"{'':<22} metrics: {entry['metrics']} (Prometheus, for MLflow accounts)")
+        backup = report.get("backup") or {}
+        if backup.get("error"):
+            line = f"{'backup':<13} {'DOWN':<8} {str(backup['error'])[:160]} ({host})"
+            lines.append(line)
+            problems.append(line)
+        elif backup:
+            state = "OVERDUE" if backup["overdue"] else "ok"
+            if backup["snapshot"]:
+                what = f"snapshot {backup['snapshot']}, {_age(float(backup['age_seconds']))} ago"
+            else:
+                what = "no snapshot yet"
+            line = f"{'backup':<13} {state:<8} {what:<36} ({host}; schedule {backup['schedule']})"
+            lines.append(line)
+            if backup["overdue"]:
+                problems.append(f"{line}: none for more than twice the schedule's interval; `docker logs` of the "
+                                "backup container says why")
+        certificate = report.get("certificate") or {}
+        if certificate:
+            expiry = datetime.datetime.strptime(str(certificate["not_after"]), "%Y%m%d%H%M%SZ").replace(
+                tzinfo=datetime.timezone.utc)
+            days = (expiry - datetime.datetime.now(datetime.timezone.utc)).days
+            state = "RENEW" if certificate["renew"] else "ok"
+            until = f"valid until {expiry:%Y-%m-%d} ({days} days)"
+            line = f"{'certificate':<13} {state:<8} {until:<36} ({host})"
+            lines.append(line)
+            if certificate["renew"]:
+                problems.append(f"{line}: within {certificate['renew_days']} days of its expiry: `aie up` issues "
+                                f"aie's own again; renew {certificate['path']} if it is yours")
+    return lines, problems
 
 
 def keys_dir(project_dir: Path, extra_vars: Sequence[str] = ()) -> Path:

@@ -137,3 +137,33 @@ def test_a_backup_is_due_when_the_schedule_fired_since_the_last_one(
 ) -> None:
     found = tool.missed("17 3 * * *", tool.snapshot_time(now), tool.snapshot_time(since) if since else None)
     assert (found.isoformat() if found else None) == due
+
+
+@pytest.mark.parametrize(("schedule", "seconds"), [("17 3 * * *", 86400), ("* * * * *", 60), ("0 */6 * * *", 21600),
+                                                   ("17 3 * * 0", 7 * 86400)])
+def test_the_schedules_interval(tool: ModuleType, schedule: str, seconds: float) -> None:
+    assert tool.schedule_interval(schedule, tool.snapshot_time("2026-12-06T08:00:00Z")) == seconds
+
+
+@pytest.mark.parametrize(("latest", "made", "overdue"), [
+    # Last night's backup, and the one before: fine until two nights pass without one.
+    ("2026-12-06T03:17:30Z", "2026-11-01T10:00:00Z", False),
+    ("2026-12-04T08:00:01Z", "2026-11-01T10:00:00Z", False),
+    ("2026-12-04T07:59:59Z", "2026-11-01T10:00:00Z", True),
+    # No snapshot yet: counted from the repository's making.
+    (None, "2026-12-05T10:00:00Z", False),
+    (None, "2026-12-01T10:00:00Z", True),
+    # No repository: nothing to judge.
+    (None, None, False),
+])
+def test_backups_are_overdue_after_twice_the_schedules_interval(
+    tool: ModuleType, monkeypatch: pytest.MonkeyPatch, latest: str | None, made: str | None, overdue: bool
+) -> None:
+    # What restic would list (latest_backup reads it; the end-to-end tests ask a real repository).
+    snapshot = {"short_id": "1a2b3c4d", "time": latest} if latest else None
+    monkeypatch.setattr(tool, "latest_backup", lambda config: (snapshot, tool.snapshot_time(made) if made else None))
+    now = tool.snapshot_time("2026-12-06T08:00:00Z")
+    status = tool.backup_status({}, "17 3 * * *", now)
+    assert status["overdue"] is overdue
+    assert status["snapshot"] == (snapshot["short_id"] if snapshot else None)
+    assert status["age_seconds"] == (round((now - tool.snapshot_time(latest)).total_seconds()) if latest else None)

@@ -81,6 +81,25 @@ def test_sizes_are_printed_in_binary_units() -> None:
         "512 B", "1.5 KiB", "3.0 MiB", "5120.0 GiB", "-"]
 
 
+def test_status_lines_and_what_needs_attention() -> None:
+    service = {"url": "https://localhost:5000", "healthy": True, "metrics": "", "optional": False, "order": 0}
+    backup = {"snapshot": "1a2b3c4d", "age_seconds": 5 * 3600 + 60, "schedule": "17 3 * * *", "overdue": False}
+    certificate = {"path": "/keys/tls/a.pem", "not_after": "29991231235959Z", "renew": False, "renew_days": 30}
+    reports = {"a": {"services": {"mlflow": service}, "backup": backup, "certificate": certificate},
+               "b": {"services": {"sftp": {**service, "url": "sftp://b:22", "healthy": False}},
+                     "backup": {**backup, "snapshot": None, "age_seconds": None, "overdue": True},
+                     "certificate": {**certificate, "not_after": "20000101000000Z", "renew": True}},
+               "c": {"services": {}, "backup": {"error": "No such container: aie-backup"}, "certificate": {}}}
+    lines, problems = cli.status_lines(reports)
+    assert lines[:2] == ["mlflow        healthy  https://localhost:5000               (a)",
+                         "backup        ok       snapshot 1a2b3c4d, 5 h ago           (a; schedule 17 3 * * *)"]
+    assert re.fullmatch(r"certificate   ok       valid until 2999-12-31 \(\d+ days\) \(a\)", lines[2]), lines[2]
+    assert [line.split()[:2] for line in problems] == [["sftp", "DOWN"], ["backup", "OVERDUE"],
+                                                      ["certificate", "RENEW"], ["backup", "DOWN"]]
+    assert "no snapshot yet" in problems[1] and "within 30 days of its expiry" in problems[2]
+    assert "/keys/tls/a.pem" in problems[2] and "No such container: aie-backup" in problems[3]
+
+
 def test_purge_is_refused_without_confirmation() -> None:
     # No terminal to ask on and no --yes: nothing is removed.
     result = aie("down", "--purge", timeout=120)

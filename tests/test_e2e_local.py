@@ -334,6 +334,13 @@ def test_status_reports_every_service_healthy(stack: dict[str, Any]) -> None:
     assert status.returncode == 0, status.stdout + status.stderr
     for service, port in (("mlflow", 15500), ("sftp", 12222), ("s3", 19000), ("jupyterlab", 18888)):
         assert re.search(rf"^{service}\s+healthy\s+\S+:{port}", status.stdout, re.M), status.stdout
+    # The latest backup (none yet, or the drill's when its module ran first) and the certificate,
+    # issued for aie_tls_days (397).
+    assert re.search(r"^backup\s+ok\s+(no snapshot yet|snapshot [0-9a-f]{8}, \d+ (min|h) ago)\s+\(localhost; "
+                     r"schedule 17 3 \* \* \*\)$", status.stdout, re.M), status.stdout
+    days = re.search(r"^certificate\s+ok\s+valid until \d{4}-\d\d-\d\d \((\d+) days\)\s+\(localhost\)$",
+                     status.stdout, re.M)
+    assert days and 390 <= int(days.group(1)) <= 397, status.stdout
     secrets: Path = stack["keys"] / "secrets"
     assert f"MLflow admin password: in {secrets / 'mlflow_admin_password'}" in status.stdout
     # `aie status` shows the JupyterLab token (to open it), and no other secret.
@@ -341,6 +348,31 @@ def test_status_reports_every_service_healthy(stack: dict[str, Any]) -> None:
         secret = (secrets / name).read_text().split()[0]
         shown = stack["first_up"].stdout + stack["first_up"].stderr + (status.stdout if "mlflow" in name else "")
         assert secret not in shown, name
+
+
+def test_status_check_names_a_backup_overdue_and_a_certificate_to_renew(stack: dict[str, Any]) -> None:
+    quiet = aie("status", "--check", "-e", stack["extra"], timeout=300)
+    assert quiet.returncode == 0 and quiet.stdout == "", quiet.stdout + quiet.stderr
+    # Judged by a schedule of every minute, backups are overdue two minutes after the latest
+    # snapshot (or the repository's making); a renewal window longer than the certificate's life
+    # puts it inside.
+    strict = ["-e", stack["extra"], "-e", '{"aie_backup_schedule": "* * * * *", "aie_tls_renew_days": 400}']
+    deadline = time.monotonic() + 180
+    while True:
+        found = aie("status", "--check", *strict, timeout=300)
+        if "OVERDUE" in found.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(15)
+    assert found.returncode == 1, found.stdout + found.stderr
+    lines = found.stdout.strip().splitlines()
+    assert len(lines) == 2, found.stdout
+    assert re.match(r"backup\s+OVERDUE\s+.*\(localhost; schedule \* \* \* \* \*\): none for more than twice",
+                    lines[0]), lines
+    assert re.match(r"certificate\s+RENEW\s+valid until .*\(localhost\): within 400 days of its expiry",
+                    lines[1]), lines
+    # Plain `aie status` still lists everything and fails only for a service down.
+    listed = aie("status", *strict, timeout=300)
+    assert listed.returncode == 0 and "OVERDUE" in listed.stdout and "RENEW" in listed.stdout, listed.stdout
 
 
 def test_switching_mlflow_to_postgresql_on_existing_runs_is_refused(stack: dict[str, Any]) -> None:

@@ -14,6 +14,8 @@ the backup role); the volumes are mounted at /volumes/<name>.
                                        latest snapshot (or, with none, since the repository was
                                        made): a backup missed while the machine slept or was off
     aie-backup snapshots               the snapshots of this deployment, as JSON
+    aie-backup status [--schedule S]   this host's latest snapshot, its age, and whether backups
+                                       are overdue (none for twice the schedule's interval), as JSON
     aie-backup occupied                the volumes that hold data, as JSON
     aie-backup restore SNAPSHOT [--force]
 
@@ -246,22 +248,57 @@ def missed(schedule: str, now: datetime.datetime, since: datetime.datetime | Non
     return due if since is not None and due > since else None
 
 
+def schedule_interval(schedule: str, now: datetime.datetime) -> float:
+    """Seconds between the schedule's last two firings before now (a day for `17 3 * * *`)."""
+    from croniter import croniter
+
+    fired = croniter(schedule, now)
+    last: datetime.datetime = fired.get_prev(datetime.datetime)
+    before: datetime.datetime = fired.get_prev(datetime.datetime)
+    return (last - before).total_seconds()
+
+
+def latest_backup(config: dict[str, Any]) -> tuple[dict[str, Any] | None, datetime.datetime | None]:
+    """This host's latest snapshot of this deployment (restic's JSON, or None), and when the
+    repository was made (None when there is none)."""
+    if not repository_exists(config):
+        return None, None
+    listed = json.loads(restic(config, "snapshots", "--json", "--host", config["host"],
+                               "--tag", config["tag"]).stdout or "[]")
+    # Its keys' making: the first is the repository's (restic writes the container's local time,
+    # UTC here, without a zone).
+    keys = json.loads(restic(config, "key", "list", "--json").stdout or "[]")
+    made = min((snapshot_time(key["created"].replace(" ", "T") + "Z") for key in keys), default=None)
+    latest = max(listed, key=lambda snap: snapshot_time(snap["time"]), default=None)
+    return latest, made
+
+
+def backup_status(config: dict[str, Any], schedule: str, now: datetime.datetime) -> dict[str, Any]:
+    """The latest snapshot of this host, its age, and whether backups are overdue: none for
+    more than twice the schedule's interval (since the latest snapshot, or, before the first,
+    since the repository was made)."""
+    latest, made = latest_backup(config)
+    taken = snapshot_time(latest["time"]) if latest else None
+    since = taken or made
+    interval = schedule_interval(schedule, now)
+    return {
+        "snapshot": latest["short_id"] if latest else None,
+        "time": taken.isoformat() if taken else None,
+        "age_seconds": round((now - taken).total_seconds()) if taken else None,
+        "schedule": schedule,
+        "interval_seconds": interval,
+        "overdue": since is not None and (now - since).total_seconds() > 2 * interval,
+    }
+
+
 def catch_up(config: dict[str, Any]) -> None:
     """Back up now when a scheduled backup did not run: cron runs nothing while the machine
     sleeps or the container is stopped, and runs nothing missed when it starts again."""
     now = datetime.datetime.now(datetime.timezone.utc)
     with exclusive():
-        taken: list[datetime.datetime] = []
-        made: list[datetime.datetime] = []
-        if repository_exists(config):
-            listed = json.loads(restic(config, "snapshots", "--json", "--host", config["host"],
-                                       "--tag", config["tag"]).stdout or "[]")
-            taken = [snapshot_time(snap["time"]) for snap in listed]
-            # Its keys' making: the first is the repository's (restic writes the container's
-            # local time, UTC here, without a zone).
-            keys = json.loads(restic(config, "key", "list", "--json").stdout or "[]")
-            made = [snapshot_time(key["created"].replace(" ", "T") + "Z") for key in keys]
-        since = max(taken) if taken else min(made, default=None)
+        latest, made = latest_backup(config)
+        taken = snapshot_time(latest["time"]) if latest else None
+        since = taken or made
         due = missed(config["schedule"], now, since)
         if due is None:
             log(f"catch-up: no scheduled backup missed (the latest of {config['schedule']!r} "
@@ -447,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("catch-up")
     commands.add_parser("prune")
     commands.add_parser("snapshots")
+    status_parser = commands.add_parser("status")
+    status_parser.add_argument("--schedule", help="the backup schedule to judge by (default: the config's)")
     commands.add_parser("occupied")
     restore_parser = commands.add_parser("restore")
     restore_parser.add_argument("snapshot")
@@ -464,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
             prune(config)
         elif args.command == "snapshots":
             snapshots(config)
+        elif args.command == "status":
+            now = datetime.datetime.now(datetime.timezone.utc)
+            print(json.dumps(backup_status(config, args.schedule or config["schedule"], now)))
         elif args.command == "occupied":
             print(json.dumps(occupied(config)))
         else:
