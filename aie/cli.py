@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -13,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -107,7 +110,38 @@ def _command(args: argparse.Namespace) -> int:
     extra: list[str] = []
     for value in args.extra_vars:
         extra += ["-e", value]
-    return COMMANDS[args.command](project_dir, inventory, extra, args)
+    if args.command not in CHANGING or getattr(args, "check", False):
+        return COMMANDS[args.command](project_dir, inventory, extra, args)
+    with deployment_lock(keys_dir(project_dir, args.extra_vars), f"aie {args.command}"):
+        return COMMANDS[args.command](project_dir, inventory, extra, args)
+
+
+# The commands that change a deployment: one at a time per deployment (its keys folder names it),
+# so that a backup never starts during a restore and two `aie up` never deploy at once.
+CHANGING = {"up", "down", "serve", "backup", "restore", "move-to-postgresql"}
+
+
+@contextlib.contextmanager
+def deployment_lock(keys: Path, command: str) -> Iterator[None]:
+    """Hold the lock of the deployment whose keys folder is keys, or say who holds it. The lock
+    file is under the user's cache folder (~/.cache/aie/locks), named by the keys folder's path;
+    the kernel lets it go when the process ends, however it ends."""
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aie" / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (hashlib.sha256(str(keys.resolve()).encode()).hexdigest()[:16] + ".lock")
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another aie command"
+            raise CommandError(f"{holder} is running on this deployment ({keys}): wait until it ends, "
+                               f"then run {command} again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{command} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})")
+        handle.flush()
+        yield
 
 
 def _up(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:

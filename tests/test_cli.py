@@ -100,6 +100,28 @@ def test_status_lines_and_what_needs_attention() -> None:
     assert "/keys/tls/a.pem" in problems[2] and "No such container: aie-backup" in problems[3]
 
 
+def test_a_second_changing_command_on_a_deployment_says_who_holds_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "keys"
+    with cli.deployment_lock(keys, "aie restore"):
+        refused = aie("backup", "-e", f"aie_keys_dir={keys}", timeout=120)
+        assert refused.returncode == 1
+        last = refused.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(rf"aie: error: aie restore \(pid {os.getpid()}, since \d\d:\d\d:\d\d\) is running on this "
+                            rf"deployment \({re.escape(str(keys))}\): wait until it ends, then run aie backup again",
+                            last), last
+        assert "PLAY" not in refused.stdout + refused.stderr
+        # Another deployment (another keys folder), and commands that only read, go on meanwhile.
+        assert cli.main(["status", "-i", "/nonexistent/inventory", "-e", f"aie_keys_dir={keys}"]) == 1
+        assert "inventory /nonexistent/inventory does not exist" in capsys.readouterr().err
+        with cli.deployment_lock(tmp_path / "other-keys", "aie up"):
+            pass
+    # Let go when its holder ends.
+    with cli.deployment_lock(keys, "aie up"):
+        pass
+
+
 def test_purge_is_refused_without_confirmation() -> None:
     # No terminal to ask on and no --yes: nothing is removed.
     result = aie("down", "--purge", timeout=120)
