@@ -340,6 +340,28 @@ def test_a_killed_service_is_restarted_with_its_data(stack: dict[str, Any], dril
 
 
 
+def test_s3_left_paused_by_a_killed_backup_is_resumed_when_the_backup_container_starts(
+    stack: dict[str, Any]
+) -> None:
+    s3, agent = f"{PREFIX}-minio", f"{PREFIX}-backup"
+    paused = ["docker", "inspect", "-f", "{{.State.Paused}}", s3]
+    # What a backup killed while restic read S3's volume leaves: S3 paused, then the backup
+    # container starting again.
+    assert run(["docker", "pause", s3], timeout=60).returncode == 0
+    try:
+        restarted = run(["docker", "restart", agent], timeout=120)
+        assert restarted.returncode == 0, restarted.stderr
+        deadline = time.monotonic() + 60
+        while run(paused, timeout=60).stdout.strip() == "true" and time.monotonic() < deadline:
+            time.sleep(1)
+        assert run(paused, timeout=60).stdout.strip() == "false"
+    finally:
+        if run(paused, timeout=60).stdout.strip() == "true":
+            run(["docker", "unpause", s3], timeout=60)
+    logs = run(["docker", "logs", "--since", "5m", agent], timeout=60)
+    assert f"aie-backup: resumed {s3}, paused by a backup that did not finish" in logs.stderr, logs.stderr[-2000:]
+
+
 def test_the_schedule_runs_backups_and_a_missed_one_is_caught_up(stack: dict[str, Any]) -> None:
     # Every snapshot of this host is from before the minute the new schedule last fired: the
     # backup container, re-created with it, finds that backup missed (as after a night asleep)

@@ -14,6 +14,7 @@ the backup role); the volumes are mounted at /volumes/<name>.
                                        latest snapshot (or, with none, since the repository was
                                        made): a backup missed while the machine slept or was off
     aie-backup snapshots               the snapshots of this deployment, as JSON
+    aie-backup resume                  unpause what a killed backup left paused (at start)
     aie-backup status [--schedule S]   this host's latest snapshot, its age, and whether backups
                                        are overdue (none for twice the schedule's interval), as JSON
     aie-backup occupied                the volumes that hold data, as JSON
@@ -217,6 +218,26 @@ class DockerAPI:
 
     def unpause(self, container: str) -> None:
         self.post(f"/containers/{urllib.parse.quote(container)}/unpause")
+
+    def paused(self, container: str) -> bool:
+        """Whether the container is paused (False when there is no such container)."""
+        status, body = self.request("GET", f"/containers/{urllib.parse.quote(container)}/json")
+        if status == 404:
+            return False
+        if status != 200:
+            raise BackupError(f"Docker could not inspect {container}: {status} {body.decode(errors='replace').strip()}")
+        return bool(json.loads(body)["State"]["Paused"])
+
+
+def resume(config: dict[str, Any]) -> None:
+    """Unpause the containers a backup pauses (config "quiesce"), when this container starts: a
+    backup killed while restic read their volumes (the finally that unpauses them never ran)
+    would leave them paused, and S3 answering nothing."""
+    docker = DockerAPI()
+    for container in config.get("quiesce", []):
+        if docker.paused(container):
+            docker.unpause(container)
+            log(f"resumed {container}, paused by a backup that did not finish")
 
 
 @contextlib.contextmanager
@@ -484,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("catch-up")
     commands.add_parser("prune")
     commands.add_parser("snapshots")
+    commands.add_parser("resume")
     status_parser = commands.add_parser("status")
     status_parser.add_argument("--schedule", help="the backup schedule to judge by (default: the config's)")
     commands.add_parser("occupied")
@@ -503,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
             prune(config)
         elif args.command == "snapshots":
             snapshots(config)
+        elif args.command == "resume":
+            resume(config)
         elif args.command == "status":
             now = datetime.datetime.now(datetime.timezone.utc)
             print(json.dumps(backup_status(config, args.schedule or config["schedule"], now)))
