@@ -412,6 +412,9 @@ def _restore(project_dir: Path, inventory: Path, extra: list[str], args: argpars
     for host, report in sorted(result.facts.items()):
         done = report.get("restore")
         if done:
+            if done.get("safety_snapshot"):
+                print(f"{host}: what the volumes held is kept as snapshot {done['safety_snapshot'][:8]} "
+                      "(tag before-restore; aie restore --snapshot restores it)")
             print(f"{host}: restored {', '.join(done['volumes'])} from snapshot {done['snapshot'][:8]} "
                   f"in {done['seconds']} s")
     print(f"aie: playbooks/restore.yml done, changed={result.changed}")

@@ -288,6 +288,12 @@ def test_a_backup_taken_while_runs_are_logged_restores_cleanly(
     restored = restore(stack, "--snapshot", snapshot, "--force")
     assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
     assert mlflow_answers()
+    # What --force replaced was kept first, in a snapshot of its own that a plain restore leaves aside.
+    kept = re.search(r"^localhost: what the volumes held is kept as snapshot ([0-9a-f]{8}) \(tag before-restore",
+                     restored.stdout, re.M)
+    assert kept, restored.stdout
+    listed = aie("snapshots", "-e", stack["extra"], timeout=300)
+    assert re.search(rf"^{kept.group(1)}\s", listed.stdout, re.M), listed.stdout
     # The runs finished before the backup started are whole; the database opens and lists every run.
     whole = digest(finished_before + drill["run_ids"])
     assert {i: whole[i] for i in drill["run_ids"]} == drill["before"]

@@ -58,6 +58,8 @@ STAGE = Path("/stage")
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 LOCK_WAIT = "10m"
+# The tag of the snapshot `restore --force` takes of what it replaces.
+SAFETY_TAG = "before-restore"
 # Held by every backup, catch-up and restore of this container: cron's, a catch-up's and
 # `aie backup`'s runs take turns instead of sharing the stage folder.
 LOCK = Path("/run/aie-backup.lock")
@@ -290,7 +292,8 @@ def latest_backup(config: dict[str, Any]) -> tuple[dict[str, Any] | None, dateti
     # UTC here, without a zone).
     keys = json.loads(restic(config, "key", "list", "--json").stdout or "[]")
     made = min((snapshot_time(key["created"].replace(" ", "T") + "Z") for key in keys), default=None)
-    latest = max(listed, key=lambda snap: snapshot_time(snap["time"]), default=None)
+    backups = [snap for snap in listed if SAFETY_TAG not in snap.get("tags", [])]
+    latest = max(backups, key=lambda snap: snapshot_time(snap["time"]), default=None)
     return latest, made
 
 
@@ -462,6 +465,15 @@ def restore_now(config: dict[str, Any], snapshot: str, force: bool) -> None:
     full = occupied(config)
     if full and not force:
         raise BackupError(f"volumes hold data: {', '.join(full)}; restore with --force to replace it")
+    safety = None
+    if full:
+        # What --force replaces is kept first, as the volumes hold it (their services are
+        # stopped): a snapshot of its own, tagged, which restores and status leave aside.
+        taken = restic(config, "backup", "--json", "--host", config["host"], "--tag", config["tag"],
+                       "--tag", SAFETY_TAG, *(str(VOLUMES / name) for name in full))
+        safety = next((m.get("snapshot_id") for m in map(json.loads, taken.stdout.splitlines())
+                       if m.get("message_type") == "summary"), None)
+        log(f"restore: what {', '.join(full)} held is kept as snapshot {str(safety)[:8]} (tag {SAFETY_TAG})")
     for name in full:
         for entry in (VOLUMES / name).iterdir():
             if entry.is_dir() and not entry.is_symlink():
@@ -492,7 +504,7 @@ def restore_now(config: dict[str, Any], snapshot: str, force: bool) -> None:
                 raise BackupError(f"the restored {target} fails SQLite's check: {check}")
             databases += 1
     print(json.dumps({
-        "snapshot": listed[0]["id"], "volumes": config["volumes"], "databases": databases,
+        "snapshot": listed[0]["id"], "volumes": config["volumes"], "databases": databases, "safety_snapshot": safety,
         "seconds": round(time.monotonic() - started, 1),
     }))
 
