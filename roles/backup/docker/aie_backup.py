@@ -99,6 +99,11 @@ def restic(config: dict[str, Any], *args: str, capture: bool = True) -> subproce
     return result
 
 
+def restic_summary(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The summary `restic backup --json` ends with (the snapshot, its counts), or {}."""
+    return next((m for m in map(json.loads, result.stdout.splitlines()) if m.get("message_type") == "summary"), {})
+
+
 def repository_exists(config: dict[str, Any]) -> bool:
     command = ["restic", *config.get("options", []), "cat", "config"]
     result = subprocess.run(command, env=restic_env(config), capture_output=True, text=True, check=False)
@@ -392,9 +397,7 @@ def backup_now(config: dict[str, Any]) -> None:
     finally:
         for container in paused:
             docker.unpause(container)
-    summary: dict[str, Any] = next(
-        (m for m in map(json.loads, result.stdout.splitlines()) if m.get("message_type") == "summary"), {}
-    )
+    summary = restic_summary(result)
     if config.get("prune", True):
         forget(config, "--host", config["host"])
     restic(config, "check")
@@ -471,8 +474,7 @@ def restore_now(config: dict[str, Any], snapshot: str, force: bool) -> None:
         # stopped): a snapshot of its own, tagged, which restores and status leave aside.
         taken = restic(config, "backup", "--json", "--host", config["host"], "--tag", config["tag"],
                        "--tag", SAFETY_TAG, *(str(VOLUMES / name) for name in full))
-        safety = next((m.get("snapshot_id") for m in map(json.loads, taken.stdout.splitlines())
-                       if m.get("message_type") == "summary"), None)
+        safety = restic_summary(taken).get("snapshot_id")
         log(f"restore: what {', '.join(full)} held is kept as snapshot {str(safety)[:8]} (tag {SAFETY_TAG})")
     for name in full:
         for entry in (VOLUMES / name).iterdir():
