@@ -21,6 +21,12 @@ migrated in one transaction (alembic's default): on PostgreSQL a failed migratio
 database as it was; SQLite, whose schema changes MLflow makes by copying tables, is migrated on
 a copy that replaces the file only once every migration went through.
 
+    python -m aie.mlflow_db admin AUTH_URI USERNAME   (the password on stdin)
+
+``admin`` makes the account store (MLflow's basic-auth schema) and its admin account, unless the
+account is there: the tracking server is then never given the admin password, which MLflow reads
+only to create that account. It prints ``{"admin": "created"}`` or ``{"admin": "present"}``.
+
 The passwords of PostgreSQL come from libpq's password file (PGPASSFILE), never from a URI.
 """
 
@@ -41,6 +47,8 @@ VERSION_TABLES = {"tracking": "alembic_version", "auth": "alembic_version_auth"}
 # A move copies rows this many at a time, and compares this many of each table once copied.
 BATCH = 5000
 SAMPLE = 200
+# The table by which a move marks the databases it copies into until it has copied both.
+UNFINISHED = "aie_move_unfinished"
 
 
 def _utils(store: str) -> Any:
@@ -222,11 +230,56 @@ def copy_store(store: str, source_url: str, target_url: str, sample: int = SAMPL
         target_engine.dispose()
 
 
+def _tables(url: str) -> list[str]:
+    from sqlalchemy import inspect
+
+    engine = _engine(url)
+    try:
+        return list(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _empty(url: str) -> None:
+    engine = _engine(url)
+    try:
+        _drop(engine)
+    finally:
+        engine.dispose()
+
+
+def _mark(url: str) -> None:
+    from sqlalchemy import text
+
+    engine = _engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f"CREATE TABLE IF NOT EXISTS {UNFINISHED} (started VARCHAR(40))"))
+    finally:
+        engine.dispose()
+
+
+def _unmark(url: str) -> None:
+    from sqlalchemy import text
+
+    engine = _engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TABLE IF EXISTS {UNFINISHED}"))
+    finally:
+        engine.dispose()
+
+
 def move(sources: dict[str, str], targets: dict[str, str]) -> dict[str, Any]:
     """Both stores from their databases (SQLite) into empty ones (PostgreSQL): each source must be
-    at this MLflow's schema, each target empty."""
+    at this MLflow's schema, each target empty, or left by a move that did not finish.
+
+    Each target is marked (the table UNFINISHED) before anything is copied into it, and unmarked
+    once both stores are copied: a move that fails empties every target again, and one that was
+    killed leaves the mark, by which the next move knows the target's tables for its own and
+    empties them before it copies. A target with tables and no mark is never written to."""
     started = time.monotonic()
-    moved: dict[str, Any] = {}
+    stores = {}
     for store, source in sources.items():
         found = state(store, source)
         if found["state"] == "new":
@@ -234,10 +287,40 @@ def move(sources: dict[str, str], targets: dict[str, str]) -> dict[str, Any]:
         if found["state"] != "current":
             raise ValueError(f"the {store} database is at schema {found['revision']}, not at MLflow's "
                              f"{found['head']}: bring it there first (aie up)")
-        if state(store, targets[store])["state"] != "new":
+        tables = _tables(targets[store])
+        if UNFINISHED in tables:
+            _empty(targets[store])
+        elif state(store, targets[store])["state"] != "new":
             raise ValueError(f"the target {store} database is not empty: nothing is copied over it")
-        moved[store] = copy_store(store, source, targets[store])
+        stores[store] = source
+    moved: dict[str, Any] = {}
+    try:
+        for store in stores:
+            _mark(targets[store])
+        for store, source in stores.items():
+            moved[store] = copy_store(store, source, targets[store])
+    except BaseException:
+        for store in stores:
+            _empty(targets[store])
+        raise
+    for store in stores:
+        _unmark(targets[store])
     return {"moved": moved, "seconds": round(time.monotonic() - started, 1)}
+
+
+def create_admin(url: str, username: str, password: str) -> bool:
+    """The account store at MLflow's schema, with its admin account; False when it was there."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store: Any = SqlAlchemyStore()  # mlflow declares none of its types
+    store.init_db(url)
+    try:
+        if store.has_user(username, use_primary=True):
+            return False
+        store.create_user(username, password, is_admin=True)
+        return True
+    finally:
+        store.engine.dispose()
 
 
 def report(urls: dict[str, str]) -> dict[str, Any]:
@@ -255,9 +338,23 @@ def main(argv: list[str]) -> int:
             print(f"MLflow's databases were not moved: {first}", file=sys.stderr)
             return 1
         return 0
+    if argv[:1] == ["admin"] and len(argv) == 3:
+        password = sys.stdin.read().strip()
+        if not password:
+            print("no admin password on stdin", file=sys.stderr)
+            return 2
+        try:
+            created = create_admin(argv[1], argv[2], password)
+        except Exception as error:  # noqa: BLE001 - any failure: one line (MLflow's password policy, say)
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:400]
+            print(f"MLflow's admin account {argv[2]!r} was not created: {first}", file=sys.stderr)
+            return 1
+        print(json.dumps({"admin": "created" if created else "present"}))
+        return 0
     if len(argv) != 3 or argv[0] not in ("check", "upgrade"):
         print("usage: python -m aie.mlflow_db check|upgrade TRACKING_URI AUTH_URI\n"
-              "       python -m aie.mlflow_db move TRACKING_URI AUTH_URI TARGET_TRACKING_URI TARGET_AUTH_URI",
+              "       python -m aie.mlflow_db move TRACKING_URI AUTH_URI TARGET_TRACKING_URI TARGET_AUTH_URI\n"
+              "       python -m aie.mlflow_db admin AUTH_URI USERNAME   (the password on stdin)",
               file=sys.stderr)
         return 2
     urls = {"tracking": argv[1], "auth": argv[2]}

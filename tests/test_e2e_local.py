@@ -28,6 +28,7 @@ from conftest import (
     PORTS,
     PREFIX,
     aie,
+    ansible_playbook,
     behind_a_context,
     bounded_load,
     containers,
@@ -262,12 +263,57 @@ def test_s3_client_account_reaches_only_the_artifact_bucket(stack: dict[str, Any
         "read another bucket": "AccessDenied",
         "write another bucket": "AccessDenied",
     }
-    # The server's keys are in no client container; the client account's are.
+    # The server's keys are in no client container; the client account's are, in boto3's
+    # credentials file in the home of the service's user, readable by that user only.
     secrets = stack["keys"] / "secrets"
     server_key, client_key = ((secrets / f"{name}_access_key").read_text().split()[0] for name in ("s3", "s3_client"))
     for service in ("mlflow", "jupyterlab"):
-        env = run(["docker", "inspect", "--format", "{{json .Config.Env}}", f"{PREFIX}-{service}"]).stdout
-        assert f"AWS_ACCESS_KEY_ID={client_key}" in env and server_key not in env, service
+        uid = jupyterlab_uid() if service == "jupyterlab" else 10001
+        seen = run(["docker", "exec", "-u", str(uid), f"{PREFIX}-{service}", "sh", "-c",
+                    "stat -c %a:%u /home/aie/.aws/credentials && cat /home/aie/.aws/credentials"])
+        assert seen.returncode == 0, (service, seen.stderr)
+        assert seen.stdout.startswith("400:"), (service, seen.stdout.splitlines()[0])
+        assert f"aws_access_key_id = {client_key}" in seen.stdout and server_key not in seen.stdout, service
+
+
+def generated_secrets(keys: Path) -> dict[str, str]:
+    """Every secret the deployment generated (files/keys/secrets, the users' passwords included),
+    and a line of each private key, by file name."""
+    found = {str(path.relative_to(keys)): path.read_text().split()[0]
+             for path in (keys / "secrets").rglob("*") if path.is_file()}
+    for path in keys.rglob("*"):
+        text = path.read_text(errors="replace") if path.is_file() and path.stat().st_size < 20000 else ""
+        if "PRIVATE KEY-----" in text:
+            found[str(path.relative_to(keys))] = text.splitlines()[1]
+    return found
+
+
+def secrets_in(text: str, keys: Path) -> list[str]:
+    return sorted(name for name, secret in generated_secrets(keys).items() if secret in text)
+
+
+def test_no_container_configuration_holds_a_secret(stack: dict[str, Any]) -> None:
+    keys: Path = stack["keys"]
+    # What the test looks for: the admin's, the users', S3's, Jupyter's, the Flask key, the
+    # passphrase, and the private keys.
+    assert {"secrets/mlflow_admin_password", "secrets/s3_secret_key", "secrets/jupyterlab_token",
+            "secrets/mlflow_kek_passphrase", "secrets/mlflow_users/alice", "sftp_client_ed25519"} <= set(
+                generated_secrets(keys)), sorted(generated_secrets(keys))
+    names = containers(PREFIX)
+    assert {f"{PREFIX}-{service}" for service in ("mlflow", "jupyterlab", "sftp", "minio", "backup")} <= set(names)
+    for name in names:
+        inspected = run(["docker", "inspect", name])
+        assert inspected.returncode == 0, inspected.stderr
+        assert secrets_in(inspected.stdout, keys) == [], name
+    # MLflow's server holds its Flask key and the passphrase (from files, in its environment
+    # only), and not the admin password, which only the one-off step that made the account had.
+    # Read from the host: the server dropped to its user through setpriv, which leaves its /proc
+    # files to root.
+    processes = run(["docker", "top", f"{PREFIX}-mlflow", "-eo", "pid,uid,args"]).stdout.splitlines()[1:]
+    server = min(int(line.split()[0]) for line in processes
+                 if line.split()[1] == "10001" and "mlflow server" in line)
+    environ = Path(f"/proc/{server}/environ").read_bytes().replace(b"\0", b"\n").decode()
+    assert secrets_in(environ, keys) == ["secrets/mlflow_kek_passphrase", "secrets/mlflow_secret_key"]
 
 
 # Capabilities each container may hold (group_vars/all/services.yml, aie_container_security),
@@ -287,7 +333,7 @@ def test_every_container_is_confined(stack: dict[str, Any]) -> None:
         name = f"{PREFIX}-{service}"
         host = json.loads(run(["docker", "inspect", "--format", "{{json .HostConfig}}", name]).stdout)
         assert host["CapDrop"] == ["ALL"], name
-        assert {cap.removeprefix("CAP_") for cap in host["CapAdd"]} == allowed, name
+        assert {cap.removeprefix("CAP_") for cap in host["CapAdd"] or []} == allowed, name
         assert "no-new-privileges" in host["SecurityOpt"], name
         assert host["Memory"] > 0, name
         # A process limit, and a log that rotates (group_vars/all/services.yml).
@@ -413,9 +459,12 @@ def test_down_keeps_the_data_volumes(stack: dict[str, Any], logged: dict[str, An
     volumes = run(["docker", "volume", "ls", "--format", "{{.Name}}"]).stdout.split()
     assert {f"{PREFIX}-{v}" for v in ("mlflow-data", "sftp-data", "minio-data")} <= set(volumes)
     # And the stack comes back, its containers re-created, with everything logged before:
-    # runs, and artifacts in both stores.
-    up = aie("up", "-e", stack["extra"])
+    # runs, and artifacts in both stores. Brought back by ansible-playbook itself, verbose: what
+    # it prints of every task that creates a container holds no secret.
+    up = ansible_playbook("-v", "-i", "inventory/local", "site.yml", "-e", stack["extra"], timeout=1800)
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    assert "Run the container" in up.stdout and "-mlflow" in up.stdout
+    assert secrets_in(up.stdout + up.stderr, stack["keys"]) == []
     client = MlflowClient(tracking_uri=MLFLOW_URL)
     assert client.get_run(logged["notebooks-sftp"]["run_id"]).data.params == {"learning_rate": "0.01"}
     test_s3_artifact_is_in_the_bucket(stack, logged)

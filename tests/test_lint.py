@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
+from typing import Any
 
-from conftest import BIN, run
+import pytest
+import yaml
+
+from conftest import BIN, PROJECT, run
 
 pytestmark = pytest.mark.lint
 
@@ -24,3 +28,34 @@ pytestmark = pytest.mark.lint
 def test_static_check_passes(command: list[str]) -> None:
     result = run(command, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+
+
+# The modules whose result holds a container's whole configuration (its environment, command
+# and mounts): `ansible-playbook -v` would print it.
+CONFIGURATION_MODULES = {"community.docker.docker_container", "community.docker.docker_container_info"}
+
+
+def tasks_of(node: object) -> Iterator[dict[str, Any]]:
+    """Every task of a task file or playbook, blocks and their rescue and always included."""
+    if isinstance(node, list):
+        for item in node:
+            yield from tasks_of(item)
+    elif isinstance(node, dict):
+        if any(key in node for key in ("tasks", "pre_tasks", "post_tasks", "handlers", "block", "rescue", "always")):
+            if "block" in node:
+                yield node
+            for key in ("tasks", "pre_tasks", "post_tasks", "handlers", "block", "rescue", "always"):
+                yield from tasks_of(node.get(key) or [])
+        else:
+            yield node
+
+
+def test_every_task_that_returns_a_containers_configuration_is_no_log() -> None:
+    exposed = []
+    for path in sorted([*PROJECT.glob("roles/*/tasks/*.yml"), *PROJECT.glob("playbooks/*.yml"),
+                        *PROJECT.glob("roles/*/handlers/*.yml")]):
+        for task in tasks_of(yaml.safe_load(path.read_text()) or []):
+            hidden = task.get("no_log") is True
+            if CONFIGURATION_MODULES & set(task) and not hidden:
+                exposed.append(f"{path.relative_to(PROJECT)}: {task.get('name')}")
+    assert exposed == []

@@ -6,6 +6,7 @@ it was and says which store failed."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sqlite3
 from contextlib import closing
@@ -217,3 +218,80 @@ def test_a_move_that_finds_a_difference_leaves_the_target_empty(tmp_path: Path, 
         assert engine_tables(engine) == []
     finally:
         engine.dispose()
+
+
+def test_a_move_that_fails_in_its_second_store_leaves_both_targets_empty_and_can_be_run_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "from").mkdir()
+    sources = filled_stores(tmp_path / "from")
+    targets = {"tracking": f"sqlite:///{tmp_path}/mlflow.db", "auth": f"sqlite:///{tmp_path}/basic_auth.db"}
+    copy = mlflow_db.copy_store
+
+    def fails_on_the_accounts(store: str, source: str, target: str) -> dict[str, int]:
+        if store == "auth":
+            raise ValueError("the account store could not be reached")
+        return copy(store, source, target)
+
+    monkeypatch.setattr(mlflow_db, "copy_store", fails_on_the_accounts)
+    code, _, err = run_main("move", sources["tracking"], sources["auth"], targets["tracking"], targets["auth"],
+                            capsys=capsys)
+    assert code == 1 and "the account store could not be reached" in err
+    for url in targets.values():
+        assert mlflow_db._tables(url) == [], url
+    # Run again (the cause gone), it moves both.
+    monkeypatch.setattr(mlflow_db, "copy_store", copy)
+    code, out, err = run_main("move", sources["tracking"], sources["auth"], targets["tracking"], targets["auth"],
+                              capsys=capsys)
+    assert code == 0, err
+    assert out is not None and out["moved"]["tracking"]["runs"] == 3 and out["moved"]["auth"]["users"] == 1
+    assert mlflow_db.UNFINISHED not in mlflow_db._tables(targets["tracking"])
+
+
+def test_a_move_that_was_killed_is_done_again_over_its_own_half_copy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "from").mkdir()
+    sources = filled_stores(tmp_path / "from")
+    targets = {"tracking": f"sqlite:///{tmp_path}/mlflow.db", "auth": f"sqlite:///{tmp_path}/basic_auth.db"}
+    # What a move killed while it copied the tracking store leaves: its mark, MLflow's schema, some rows.
+    mlflow_db._mark(targets["tracking"])
+    mlflow_db._create("tracking", mlflow_db._engine(targets["tracking"]))
+    with closing(sqlite3.connect(tmp_path / "mlflow.db")) as db, db:
+        db.execute("INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
+                   "VALUES (99, 'half', '/a', 'active')")
+    code, out, err = run_main("move", sources["tracking"], sources["auth"], targets["tracking"], targets["auth"],
+                              capsys=capsys)
+    assert code == 0, err
+    assert out is not None and out["moved"]["tracking"]["runs"] == 3
+    with closing(sqlite3.connect(tmp_path / "mlflow.db")) as db:
+        assert db.execute("SELECT count(*) FROM experiments WHERE name = 'half'").fetchone() == (0,)
+    assert mlflow_db.UNFINISHED not in mlflow_db._tables(targets["tracking"])
+
+
+def test_admin_account_is_made_once_with_the_password_from_stdin(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    url = f"sqlite:///{tmp_path}/basic_auth.db"
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-long-admin-password-0123\n"))
+    assert run_main("admin", url, "admin", capsys=capsys)[:2] == (0, {"admin": "created"})
+    # A second run finds the account and keeps its password, whatever stdin says.
+    monkeypatch.setattr("sys.stdin", io.StringIO("another-long-password-4567\n"))
+    assert run_main("admin", url, "admin", capsys=capsys)[:2] == (0, {"admin": "present"})
+    store = SqlAlchemyStore()
+    store.init_db(url)
+    assert store.authenticate_user("admin", "a-long-admin-password-0123")
+    assert not store.authenticate_user("admin", "another-long-password-4567")
+    assert store.get_user("admin").is_admin
+    store.engine.dispose()
+    # The store is then at MLflow's schema: the server starts on it as on one it made itself.
+    code, out, _ = run_main("check", f"sqlite:///{tmp_path}/tracking.db", url, capsys=capsys)
+    assert code == 0 and out is not None and out["stores"]["auth"]["state"] == "current"
+
+
+def test_an_admin_password_that_mlflow_refuses_is_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    code, out, err = run_main("admin", f"sqlite:///{tmp_path}/basic_auth.db", "admin", capsys=capsys)
+    assert code == 1 and out is None
+    assert err.startswith("MLflow's admin account 'admin' was not created: "), err
+    assert "password" in err.lower(), err

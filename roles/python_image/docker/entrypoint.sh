@@ -2,7 +2,12 @@
 # Starts as root to prepare what the service's user needs, then drops to that user:
 # - the config mounted read-only from the controller at /etc/aie.host is copied to /etc/aie,
 #   owned by the user and private to it (the folder on the host is root's, mode 0700);
-# - the ssh material from /etc/aie/ssh goes to the user's home;
+# - the ssh material from /etc/aie/ssh, and what /etc/aie/home holds (clients' credentials files:
+#   .aws/credentials for boto3, .mlflow/credentials for MLflow's client), go to the user's home;
+# - each file /etc/aie/env/NAME becomes the variable NAME of the service's environment: the
+#   secrets of programs that read them only from their environment (MLflow's Flask key and
+#   passphrase), which so stay out of the container's configuration (`docker inspect`);
+# - every file of /etc/aie is left readable by the user only (0400);
 # - the data folders named in $AIE_OWNED (space-separated) are handed to the user, so that
 #   data written by an earlier root-run server (or restored from its backups) stays writable.
 # The user is the owner of $AIE_RUN_AS_OWNER_OF when set and not root (so notebooks keep their
@@ -51,11 +56,26 @@ if [ -d /etc/aie.host ]; then
     cp -R /etc/aie.host/. /etc/aie/
     chown -R "$uid:$gid" /etc/aie
     chmod -R go-rwx /etc/aie
+    find /etc/aie -type f -exec chmod 0400 {} +
 fi
 if [ -d /etc/aie/ssh ]; then
     install -d -o "$uid" -g "$gid" -m 0700 "$HOME/.ssh"
     for file in /etc/aie/ssh/*; do
-        install -o "$uid" -g "$gid" -m 0600 "$file" "$HOME/.ssh/"
+        install -o "$uid" -g "$gid" -m 0400 "$file" "$HOME/.ssh/"
+    done
+fi
+if [ -d /etc/aie/home ]; then
+    cp -R /etc/aie/home/. "$HOME/"
+    (cd /etc/aie/home && find . -mindepth 1) | while read -r name; do
+        chown -h "$uid:$gid" "$HOME/$name"
+    done
+fi
+if [ -d /etc/aie/env ]; then
+    for file in /etc/aie/env/*; do
+        [ -f "$file" ] || continue
+        name=${file##*/}
+        value=$(cat "$file")
+        export "$name=$value"
     done
 fi
 for folder in ${AIE_OWNED:-}; do
