@@ -9,10 +9,15 @@
 set -euo pipefail
 # Objects, keys and the monitor's store are for the ceph user alone.
 umask 027
-: "${S3_ACCESS_KEY:?S3_ACCESS_KEY is not set}"
-: "${S3_SECRET_KEY:?S3_SECRET_KEY is not set}"
-: "${S3_CLIENT_ACCESS_KEY:?S3_CLIENT_ACCESS_KEY is not set}"
-: "${S3_CLIENT_SECRET_KEY:?S3_CLIENT_SECRET_KEY is not set}"
+# The accounts' keys: files of the mounted config folder (never the container's environment,
+# which `docker inspect` shows), else the environment (a container started by hand).
+for name in S3_ACCESS_KEY S3_SECRET_KEY S3_CLIENT_ACCESS_KEY S3_CLIENT_SECRET_KEY; do
+    if [ -f "/etc/aie/s3/$name" ]; then
+        printf -v "$name" '%s' "$(cat "/etc/aie/s3/$name")"
+    fi
+    [ -n "${!name:-}" ] || { echo "aie-rgw: $name is not set (nor /etc/aie/s3/$name)" >&2; exit 1; }
+    export "${name?}"
+done
 : "${S3_CAPACITY_GIB:=20}"
 DATA=/var/lib/aie-s3
 CEPH=$DATA/ceph
@@ -161,31 +166,21 @@ if user=$(timeout 120 radosgw-admin user info --uid=aie 2>/dev/null); then
         exit 1
     fi
 else
-    timeout 120 radosgw-admin user create --uid=aie --display-name=aie \
-        --access-key="$S3_ACCESS_KEY" --secret="$S3_SECRET_KEY" >/dev/null
+    # Made with a key of its own, which aie-rgw-keys replaces (no secret on a command line).
+    timeout 120 radosgw-admin user create --uid=aie --display-name=aie >/dev/null
+    aie-rgw-keys aie S3_ACCESS_KEY S3_SECRET_KEY >/dev/null
 fi
 
 # The artifact clients' user (the buckets' policy, roles/minio/vars/main.yml, names it): it
 # may create no bucket (max-buckets -1) and holds exactly the keys it is given, so that new
 # keys in files/keys/secrets or Vault replace the old ones.
 CLIENT_UID=aie-client
-if client=$(timeout 120 radosgw-admin user info --uid=$CLIENT_UID 2>/dev/null); then
-    stale=$(python3 -c '
-import json, os, sys
-want = (os.environ["S3_CLIENT_ACCESS_KEY"], os.environ["S3_CLIENT_SECRET_KEY"])
-keys = [(k["access_key"], k["secret_key"]) for k in json.load(sys.stdin)["keys"]]
-print(" ".join(access for access, _ in keys) if keys != [want] else "")' <<<"$client")
-    if [ -n "$stale" ]; then
-        log "giving the S3 user $CLIENT_UID its new keys"
-        for access in $stale; do
-            timeout 120 radosgw-admin key rm --uid=$CLIENT_UID --key-type=s3 --access-key="$access" >/dev/null
-        done
-        timeout 120 radosgw-admin key create --uid=$CLIENT_UID --key-type=s3 \
-            --access-key="$S3_CLIENT_ACCESS_KEY" --secret-key="$S3_CLIENT_SECRET_KEY" >/dev/null
-    fi
-else
-    timeout 120 radosgw-admin user create --uid=$CLIENT_UID --display-name=$CLIENT_UID --max-buckets=-1 \
-        --access-key="$S3_CLIENT_ACCESS_KEY" --secret="$S3_CLIENT_SECRET_KEY" >/dev/null
+if ! timeout 120 radosgw-admin user info --uid=$CLIENT_UID >/dev/null 2>&1; then
+    timeout 120 radosgw-admin user create --uid=$CLIENT_UID --display-name=$CLIENT_UID --max-buckets=-1 >/dev/null
+fi
+changed=$(aie-rgw-keys $CLIENT_UID S3_CLIENT_ACCESS_KEY S3_CLIENT_SECRET_KEY)
+if [ -n "$changed" ]; then
+    log "gave the S3 user $CLIENT_UID its keys"
 fi
 
 # Objects of the former dbstore engine are copied in before S3 answers on its port.
