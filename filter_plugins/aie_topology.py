@@ -156,6 +156,36 @@ def aie_known_host_names(
     return sorted(names)
 
 
+def aie_client_addresses(
+    clients: Iterable[str], server: str, hostvars: Mapping[str, Any], subnets: Iterable[str]
+) -> list[str]:
+    """The networks (CIDR) from which the containers of the `clients` hosts reach a service on
+    `server`: the subnets of the services' Docker network on `server` for hosts that share its
+    engine (they reach it on that network), else each host's own address, to which its engine
+    masquerades what its containers send (its default route's, from the gathered facts, and the
+    address it is reached at, when that is an IP address)."""
+    found: list[str] = []
+    for client in clients:
+        if _same_engine(client, server, hostvars):
+            found += [str(ipaddress.ip_network(subnet, strict=False)) for subnet in subnets]
+            continue
+        facts = hostvars[client].get("ansible_facts") or {}
+        candidates = [(facts.get(key) or {}).get("address") for key in ("default_ipv4", "default_ipv6")]
+        candidates.append(_address(client, hostvars))
+        addresses = []
+        for candidate in filter(None, candidates):
+            try:
+                addresses.append(ipaddress.ip_address(str(candidate)))
+            except ValueError:
+                continue
+        if not addresses:
+            raise ValueError(
+                f"the address of {client} is not known: no facts were gathered for it and "
+                f"{_address(client, hostvars)!r} is no IP address; name its networks in database_client_addresses")
+        found += [str(ipaddress.ip_network(address)) for address in addresses]
+    return list(dict.fromkeys(found))
+
+
 def aie_volume_mounts(volumes: Mapping[str, str], prefix: str) -> list[dict[str, str]]:
     """Docker mounts for named volumes given as {name suffix: mount point}."""
     return [
@@ -167,6 +197,7 @@ def aie_volume_mounts(volumes: Mapping[str, str], prefix: str) -> list[dict[str,
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
+            "aie_client_addresses": aie_client_addresses,
             "aie_endpoints": aie_endpoints,
             "aie_endpoints_of": aie_endpoints_of,
             "aie_hosted": aie_hosted,

@@ -179,3 +179,19 @@ def test_probes_reach_the_published_ports_where_they_are_published(
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     shown_vars = json.loads(json.loads(result.stdout.split("=> ", 1)[1])["msg"])
     assert shown_vars == {"probe": probe, "mlflow": probe}
+
+
+def test_the_database_admits_the_mlflow_hosts_only(aie_filters: ModuleType) -> None:
+    # PostgreSQL's pg_hba (roles/database): on its own engine, the services' network; from
+    # another host, that host's address as its facts give it, or as it is reached.
+    hostvars = {
+        "db": {"ansible_host": "10.0.0.5"},
+        "m1": {"ansible_host": "m1.example", "ansible_facts": {"default_ipv4": {"address": "10.0.0.7"}}},
+        "m2": {"ansible_host": "10.0.0.8"},
+        "m3": {"ansible_host": "m3.example"},
+    }
+    assert aie_filters.aie_client_addresses(["db"], "db", hostvars, ["172.18.0.0/16"]) == ["172.18.0.0/16"]
+    assert aie_filters.aie_client_addresses(["m1", "m2"], "db", hostvars, ["172.18.0.0/16"]) == [
+        "10.0.0.7/32", "10.0.0.8/32"]
+    with pytest.raises(ValueError, match="the address of m3 is not known.*'m3.example'.*database_client_addresses"):
+        aie_filters.aie_client_addresses(["m3"], "db", hostvars, [])

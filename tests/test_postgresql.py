@@ -188,6 +188,12 @@ def test_postgresql_refuses_plain_connections_wrong_passwords_and_other_database
     assert other.returncode != 0 and "no pg_hba.conf entry" in other.stderr, other.stderr
     superuser = connect_from_outside(keys, "dbname=postgres user=postgres sslmode=verify-full", password)
     assert superuser.returncode != 0 and "no pg_hba.conf entry" in superuser.stderr, superuser.stderr
+    # Only MLflow's host signs in: on one engine, from the services' network (no 0.0.0.0/0).
+    network = json.loads(run(["docker", "network", "inspect", PREFIX], timeout=60).stdout)[0]
+    hba = run(["docker", "exec", "-u", "postgres", DATABASE, "cat", "/etc/aie/database/pg_hba.conf"], timeout=60)
+    assert hba.returncode == 0, hba.stderr
+    admitted = {line.split()[3] for line in hba.stdout.splitlines() if line.startswith("hostssl")}
+    assert admitted == {config["Subnet"] for config in network["IPAM"]["Config"]}, hba.stdout
     # The server runs as postgres, not root.
     users = run(["docker", "exec", DATABASE, "ps", "-o", "user=", "-C", "postgres"], timeout=60).stdout.split()
     assert users and set(users) == {"postgres"}, users
@@ -229,6 +235,51 @@ def test_a_restore_loads_the_dump_into_a_new_cluster(pg_stack: dict[str, Any]) -
     jupyterlab = ("jupyterlab", secret(pg_stack["keys"], "mlflow_jupyterlab_password"))
     assert http_status(f"{URL}/api/2.0/mlflow/experiments/search?max_results=1", jupyterlab,
                        cafile=tls_ca(pg_stack["keys"])) == 200
+
+
+def database_logs(since: float) -> str:
+    return run(["docker", "logs", "--since", f"{since:.3f}", DATABASE], timeout=60).stderr
+
+
+def until(condition: Any, what: str, since: float, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not after {seconds:.0f} s\n{database_logs(since)[-2000:]}"
+        time.sleep(1)
+
+
+def test_a_load_that_did_not_finish_is_done_again_and_the_dumps_are_kept(pg_stack: dict[str, Any]) -> None:
+    # The volume as a restore leaves it (dumps, no cluster), with the tracking store's dump cut
+    # short: its load fails, and leaves it unfinished as a load killed midway does. Docker starts
+    # the server again: it must neither serve the empty database nor let a dump replace the good one.
+    runs = psql("SELECT count(*) FROM runs")
+    assert int(runs) > 0
+    volume = f"{PREFIX}-database-data"
+    on_volume = ["docker", "run", "--rm", "-v", f"{volume}:/var/lib/postgresql", "aie/database:latest"]
+    assert run(["docker", "stop", f"{PREFIX}-mlflow", DATABASE], timeout=120).returncode == 0
+    cut = run([*on_volume, "sh", "-c", "cd /var/lib/postgresql && mv dumps/mlflow.dump mlflow.dump.good && "
+               "head -c 4000 mlflow.dump.good > dumps/mlflow.dump && rm -rf data"], timeout=120)
+    assert cut.returncode == 0, cut.stderr
+    since = time.time()
+    assert run(["docker", "start", DATABASE], timeout=120).returncode == 0
+    until(lambda: database_logs(since).count("loading the dump of mlflow") >= 2, "a second try at the load", since)
+    assert "the load of mlflow did not finish: loading it again" in database_logs(since)
+    # The backup agent's dump (aie-database dump) leaves the good dumps alone meanwhile.
+    dump = run([*on_volume, "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
+                "aie-database", "dump"], timeout=120)
+    assert dump.returncode != 0, dump.stdout + dump.stderr
+    assert "not dumping: the dumps of a restore are not all loaded yet (mlflow" in dump.stderr, dump.stderr
+    # The good dump back: the next try loads it, and the server serves every run.
+    back = run([*on_volume, "sh", "-c", "cd /var/lib/postgresql && cat mlflow.dump.good > dumps/mlflow.dump "
+                "&& rm mlflow.dump.good"], timeout=120)
+    assert back.returncode == 0, back.stderr
+    until(lambda: "restored mlflow:" in database_logs(since), "the load", since)
+    until(lambda: run([*on_volume, "test", "!", "-e", "/var/lib/postgresql/load-pending"], timeout=60).returncode == 0
+          and run(["docker", "exec", "-u", "postgres", DATABASE, "pg_isready", "-q"], timeout=60).returncode == 0,
+          "the server", since)
+    assert psql("SELECT count(*) FROM runs") == runs
+    assert run(["docker", "start", f"{PREFIX}-mlflow"], timeout=120).returncode == 0
+    until(lambda: http_status(f"{URL}/health", cafile=tls_ca(pg_stack["keys"])) == 200, "MLflow", since)
 
 
 def test_a_second_up_changes_nothing(pg_stack: dict[str, Any]) -> None:
