@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     restore = add("restore", "restore the data volumes from the backups and start the services again")
     restore.add_argument("--snapshot", metavar="ID", help="snapshot to restore (default: each host's latest)")
     restore.add_argument("--force", action="store_true", help="replace volumes that hold data (refused otherwise)")
+    restore.add_argument("--volume", action="append", dest="volumes", metavar="NAME", default=[],
+                         help="restore only this volume (repeatable), e.g. sftp-data; the others are left as they are")
     return parser
 
 
@@ -407,7 +409,8 @@ def _snapshots(project_dir: Path, inventory: Path, extra: list[str], args: argpa
 
 
 def _restore(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
-    extra += ["-e", json.dumps({"backup_snapshot": args.snapshot or "", "backup_force": args.force})]
+    extra += ["-e", json.dumps({"backup_snapshot": args.snapshot or "", "backup_force": args.force,
+                                "backup_volumes": args.volumes})]
     result = _run("playbooks/restore.yml", project_dir, inventory, extra, args)
     for host, report in sorted(result.facts.items()):
         done = report.get("restore")

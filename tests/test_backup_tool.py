@@ -167,3 +167,41 @@ def test_backups_are_overdue_after_twice_the_schedules_interval(
     assert status["overdue"] is overdue
     assert status["snapshot"] == (snapshot["short_id"] if snapshot else None)
     assert status["age_seconds"] == (round((now - tool.snapshot_time(latest)).total_seconds()) if latest else None)
+
+
+@pytest.fixture(scope="module")
+def proxy() -> ModuleType:
+    path = PROJECT / "roles" / "backup" / "docker" / "docker_proxy.py"
+    spec = importlib.util.spec_from_file_location("docker_proxy", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_docker_proxy_lets_through_only_the_backups_calls(proxy: ModuleType) -> None:
+    # What the deployment gives it on a host with the object store and PostgreSQL.
+    dump_rule = {"container": "aie-database", "command": ["aie-database", "dump"], "user": "postgres"}
+    rules = proxy.Rules({"pause": ["aie-minio"], "exec": [dump_rule]})
+    assert rules.container("/containers/aie-minio/pause", "pause") == "aie-minio"
+    assert rules.container("/containers/aie-minio/pause?x=1", "pause") is None
+    assert rules.container("/containers/..%2Fx/pause", "pause") is None
+    assert rules.container("/v1.45/containers/aie-minio/pause", "pause") is None
+    dump = {"Cmd": ["aie-database", "dump"], "User": "postgres", "AttachStdout": True, "AttachStderr": True}
+    assert rules.exec_allowed("aie-database", json.dumps(dump).encode())
+    refused = {
+        "another container": ("aie-minio", dump),
+        "another command": ("aie-database", {**dump, "Cmd": ["sh", "-c", "id"]}),
+        "another user": ("aie-database", {**dump, "User": "root"}),
+        "privileged": ("aie-database", {**dump, "Privileged": True}),
+        "detached": ("aie-database", {**dump, "AttachStdout": False}),
+    }
+    for what, (container, body) in refused.items():
+        assert not rules.exec_allowed(container, json.dumps(body).encode()), what
+    assert not rules.exec_allowed("aie-database", b"not json")
+    # An exec's start and state only for the execs it created.
+    known, other = "a" * 64, "b" * 64
+    rules.execs.add(known)
+    assert rules.exec_id(f"/exec/{known}/start", "start") == known
+    assert rules.exec_id(f"/exec/{other}/start", "start") is None
+    assert rules.exec_id(f"/exec/{known}/resize", "start") is None

@@ -74,7 +74,7 @@ def logged(stack: dict[str, Any]) -> dict[str, Any]:
 def test_every_container_runs(stack: dict[str, Any]) -> None:
     # Serving joins once a model is registered (tests/test_notebook_e2e.py may have run first).
     names = set(containers(PREFIX)) - {f"{PREFIX}-serving"}
-    assert names == {f"{PREFIX}-{name}" for name in ("mlflow", "sftp", "minio", "jupyterlab", "backup")}
+    assert names == {f"{PREFIX}-{name}" for name in ("mlflow", "sftp", "minio", "jupyterlab", "backup", "docker-proxy")}
     # The S3 store runs the engine asked for, the default one unless AIE_TEST_S3_ENGINE names
     # another, and its volume records it.
     label = run(["docker", "volume", "inspect", "-f", '{{index .Labels "aie.s3-engine"}}', f"{PREFIX}-minio-data"])
@@ -321,9 +321,9 @@ def test_no_container_configuration_holds_a_secret(stack: dict[str, Any]) -> Non
 PYTHON_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"}
 SSHD_CAPS = PYTHON_CAPS | {"SYS_CHROOT", "NET_BIND_SERVICE"}
 CONFINED = {"mlflow": PYTHON_CAPS, "jupyterlab": PYTHON_CAPS, "sftp": SSHD_CAPS, "minio": PYTHON_CAPS,
-            "backup": PYTHON_CAPS - {"KILL"} | {"DAC_READ_SEARCH", "FSETID"}}
+            "backup": PYTHON_CAPS - {"KILL"} | {"DAC_READ_SEARCH", "FSETID"}, "docker-proxy": set()}
 # Containers whose root file system is read-only (the rgw engine's S3 server; MinIO's is not).
-READ_ONLY = {"mlflow", "sftp"} | ({"minio"} if ENGINE == "rgw" else set())
+READ_ONLY = {"mlflow", "sftp", "docker-proxy"} | ({"minio"} if ENGINE == "rgw" else set())
 CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
             "SETUID": 7, "NET_BIND_SERVICE": 10, "SYS_CHROOT": 18}
 
@@ -373,6 +373,50 @@ def test_every_container_is_confined(stack: dict[str, Any]) -> None:
                if line.startswith(("ceph-mon", "ceph-osd", "radosgw"))}
     assert sorted(daemons) == ["ceph-mon", "ceph-osd", "radosgw"], states.stdout
     assert all(uid != "0" and caps == "0000000000000000" for uid, caps in daemons.values()), daemons
+
+
+# Calls to the Docker proxy from the backup container: method, path, body; the status printed.
+PROXY_CALLS = """
+import http.client, json, socket, sys
+def call(method, path, body=None):
+    connection = http.client.HTTPConnection("localhost", timeout=60)
+    connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.sock.connect("/run/aie-docker/docker.sock")
+    connection.request(method, path, body=json.dumps(body) if body is not None else None)
+    response = connection.getresponse()
+    return response.status, response.read()
+answers = {}
+for name, (method, path, body) in json.loads(sys.argv[1]).items():
+    status, answer = call(method, path, body)
+    answers[name] = [status, sorted(json.loads(answer)) if status == 200 else None]
+print(json.dumps(answers))
+"""
+
+
+def test_the_backups_reach_docker_only_through_a_proxy_that_allows_their_calls(stack: dict[str, Any]) -> None:
+    mounts = json.loads(run(["docker", "inspect", "-f", "{{json .Mounts}}", f"{PREFIX}-backup"]).stdout)
+    assert "/var/run/docker.sock" not in {mount["Source"] for mount in mounts}, mounts
+    exec_body = {"Cmd": ["id"], "User": "root", "AttachStdout": True, "AttachStderr": True}
+    calls = {
+        "the object store's state": ["GET", f"/containers/{PREFIX}-minio/json", None],
+        "JupyterLab's configuration": ["GET", f"/containers/{PREFIX}-jupyterlab/json", None],
+        "a new container": ["POST", "/containers/create",
+                            {"Image": "aie/backup:latest", "HostConfig": {"Privileged": True}}],
+        "a command in the object store": ["POST", f"/containers/{PREFIX}-minio/exec", exec_body],
+        "the host's images": ["GET", "/images/json", None],
+        "stopping MLflow": ["POST", f"/containers/{PREFIX}-mlflow/stop", None],
+    }
+    done = run(["docker", "exec", f"{PREFIX}-backup", "python3", "-c", PROXY_CALLS, json.dumps(calls)])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "the object store's state": [200, ["State"]],
+        "JupyterLab's configuration": [403, None],
+        "a new container": [403, None],
+        "a command in the object store": [403, None],
+        "the host's images": [403, None],
+        "stopping MLflow": [403, None],
+    }
+    assert f"{PREFIX}-mlflow" in containers(PREFIX)
 
 
 def test_status_reports_every_service_healthy(stack: dict[str, Any]) -> None:

@@ -214,11 +214,9 @@ def test_an_unknown_snapshot_is_named(stack: dict[str, Any], drill: dict[str, An
     assert mlflow_answers()
 
 
-def test_a_database_that_cannot_be_copied_is_named_and_the_rest_is_backed_up(
-    stack: dict[str, Any], tmp_path: Path
-) -> None:
-    # aie-backup in the stack's backup image, on a folder of its own: the database the
-    # deployment names is no database (SQLite's header, then other bytes).
+def backup_tool(tmp_path: Path, **settings: Any) -> tuple[list[str], str, Path]:
+    """`docker run` of the stack's backup image with aie-backup's config, a volume `data` and a
+    repository of its own, in folders of tmp_path; the image; the volume's folder."""
     image = yaml.safe_load((PROJECT / "roles/backup/defaults/main.yml").read_text())["backup_image"]
     config, volume, repository = (tmp_path / name for name in ("config", "data", "repository"))
     for folder in (config, volume, repository):
@@ -227,12 +225,21 @@ def test_a_database_that_cannot_be_copied_is_named_and_the_rest_is_backed_up(
     (config / "backup.json").write_text(json.dumps({
         "host": "drill", "tag": "drill", "repository": "/repository", "options": [],
         "password_file": "/config/password", "volumes": ["data"], "quiesce": [], "dumps": [], "prune": False,
-        "databases": [{"volume": "data", "path": "mlflow.db"}], "schedule": "17 3 * * *"}))
-    (volume / "mlflow.db").write_bytes(b"SQLite format 3\x00" + os.urandom(8192))
-    (volume / "canary.bin").write_bytes(os.urandom(50_000))
+        "databases": [], "schedule": "17 3 * * *", **settings}))
     docker = ["docker", "run", "--rm", "-v", f"{config}:/config:ro", "-v", f"{volume}:/volumes/data",
               "-v", f"{repository}:/repository", "-e", "AIE_BACKUP_CONFIG=/config/backup.json",
               "-e", "RESTIC_REPOSITORY=/repository", "-e", "RESTIC_PASSWORD_FILE=/config/password"]
+    return docker, image, volume
+
+
+def test_a_database_that_cannot_be_copied_is_named_and_the_rest_is_backed_up(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    # aie-backup in the stack's backup image, on a folder of its own: the database the
+    # deployment names is no database (SQLite's header, then other bytes).
+    docker, image, volume = backup_tool(tmp_path, databases=[{"volume": "data", "path": "mlflow.db"}])
+    (volume / "mlflow.db").write_bytes(b"SQLite format 3\x00" + os.urandom(8192))
+    (volume / "canary.bin").write_bytes(os.urandom(50_000))
     done = run([*docker, "--entrypoint", "aie-backup", image, "backup"], timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
@@ -243,6 +250,48 @@ def test_a_database_that_cannot_be_copied_is_named_and_the_rest_is_backed_up(
     # The rest is in the snapshot, the database as the file it is, and no half copy of it.
     assert {"/volumes/data/canary.bin", "/volumes/data/mlflow.db"} <= paths, paths
     assert "/stage/data/mlflow.db" not in paths
+
+
+def test_retention_keeps_every_snapshot_taken_before_an_upgrade(stack: dict[str, Any], tmp_path: Path) -> None:
+    # One daily snapshot kept: of two taken today, retention forgets the older, unless it was
+    # taken before an upgrade (`backup --keep`, as the mlflow role does before a migration).
+    docker, image, volume = backup_tool(tmp_path, prune=True, keep={"daily": 1, "weekly": 0, "monthly": 0})
+    (volume / "canary.bin").write_bytes(os.urandom(1000))
+    for command in (["backup", "--keep"], ["backup", "--keep"], ["backup"], ["backup"]):
+        done = run([*docker, "--entrypoint", "aie-backup", image, *command], timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    listed = run([*docker, "--entrypoint", "restic", image, "snapshots", "--json"], timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    tags = sorted(tuple(snapshot["tags"]) for snapshot in json.loads(listed.stdout))
+    assert tags == [("drill",), ("drill", "before-upgrade"), ("drill", "before-upgrade")], tags
+
+
+def test_the_shared_repository_of_earlier_releases_is_split_into_one_per_host(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    # The backup host's repository as earlier releases kept it: every host's snapshots in one,
+    # with one password. aie-backup split (run by the backup server at start) copies each host's
+    # into a repository of its own, with that host's password, once.
+    hosts = ("alpha", "beta")
+    docker, image, volume = backup_tool(tmp_path, options=["--no-cache"], repositories={
+        host: {"repository": f"/repository/{host}", "password_file": f"/config/{host}"} for host in hosts})
+    for host in hosts:
+        (tmp_path / "config" / host).write_text(secrets.token_hex(16))
+    (volume / "canary.bin").write_bytes(os.urandom(1000))
+    made = run([*docker, "--entrypoint", "sh", image, "-c", "restic init && restic backup --host alpha --tag drill "
+                "/volumes/data && restic backup --host beta --tag drill /volumes/data && restic backup --host beta "
+                "--tag drill /volumes/data"], timeout=300)
+    assert made.returncode == 0, made.stdout + made.stderr
+    for attempt in range(2):
+        split = run([*docker, "--entrypoint", "aie-backup", image, "split"], timeout=300)
+        assert split.returncode == 0, split.stdout + split.stderr
+        assert ("copying alpha's snapshots" in split.stderr) == (attempt == 0), split.stderr
+    for host, count in (("alpha", 1), ("beta", 2)):
+        listed = run([*docker, "-e", f"RESTIC_PASSWORD_FILE=/config/{host}", "--entrypoint", "restic", image,
+                      "-r", f"/repository/{host}", "snapshots", "--json"], timeout=300)
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        assert [snapshot["hostname"] for snapshot in json.loads(listed.stdout)] == [host] * count
+    assert (tmp_path / "repository" / "aie-split-into-host-repositories").is_file()
 
 
 def test_restore_drill_brings_back_every_run_metric_and_artifact(
@@ -272,6 +321,27 @@ def test_restore_drill_brings_back_every_run_metric_and_artifact(
     assert runs == 6 and files == 12
     large = {state["experiment"] for state in after.values() if state["bytes"] > 9 << 20}
     assert large == {"notebooks-sftp", "notebooks-s3"}, "each experiment holds an artifact above 8 MiB"
+
+
+def test_one_volume_is_restored_and_the_others_are_left_as_they_are(
+    stack: dict[str, Any], drill: dict[str, Any]
+) -> None:
+    refused = restore(stack, "--volume", "nope-data")
+    assert refused.returncode != 0
+    assert "No volume nope-data in this deployment" in refused.stderr.strip().splitlines()[-1], refused.stderr[-2000:]
+    # Since the drill's snapshot: the users' files are lost from SFTP's volume, and MLflow's
+    # volume gained a file; MLflow runs on.
+    in_backup_container("import shutil, sys; shutil.rmtree(sys.argv[1])", USER_FILES)
+    in_backup_container("import sys; open(sys.argv[1], 'w').write('kept')", "/volumes/mlflow-data/since-the-drill")
+    started = run(["docker", "inspect", "-f", "{{.State.StartedAt}}", f"{PREFIX}-mlflow"]).stdout
+    restored = restore(stack, "--snapshot", drill["snapshot"], "--volume", "sftp-data", "--force")
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    assert f"localhost: restored sftp-data from snapshot {drill['snapshot']}" in restored.stdout, restored.stdout
+    assert json.loads(in_backup_container(USER_FILES_DIGEST, USER_FILES)) == drill["user_files"]
+    assert in_backup_container("import sys; print(open(sys.argv[1]).read())",
+                               "/volumes/mlflow-data/since-the-drill").strip() == "kept"
+    assert run(["docker", "inspect", "-f", "{{.State.StartedAt}}", f"{PREFIX}-mlflow"]).stdout == started
+    in_backup_container("import os, sys; os.remove(sys.argv[1])", "/volumes/mlflow-data/since-the-drill")
 
 
 def test_a_backup_taken_while_runs_are_logged_restores_cleanly(

@@ -60,6 +60,13 @@ SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 LOCK_WAIT = "10m"
 # The tag of the snapshot `restore --force` takes of what it replaces.
 SAFETY_TAG = "before-restore"
+# The socket of aie-docker-proxy (docker_proxy.py), in its container: the backups' Docker API.
+DOCKER_PROXY = "/run/aie-docker/docker.sock"
+# Written into the shared repository of earlier releases once its snapshots are in each host's own.
+SPLIT_MARK = "aie-split-into-host-repositories"
+# The tag of the backup taken before MLflow's databases are migrated or moved (`backup --keep`):
+# retention keeps every such snapshot, however old, until someone forgets it by hand.
+KEPT_TAG = "before-upgrade"
 # Held by every backup, catch-up and restore of this container: cron's, a catch-up's and
 # `aie backup`'s runs take turns instead of sharing the stage folder.
 LOCK = Path("/run/aie-backup.lock")
@@ -170,13 +177,14 @@ def exclude_line(path: Path) -> str:
 
 
 class DockerAPI:
-    """Pause and unpause containers, and run a command in one, through the Docker socket.
+    """Pause and unpause containers, and run a command in one, through the Docker proxy's socket
+    (aie-docker-proxy, which lets only these calls through to Docker).
 
     Written by hand on purpose: five requests do not justify the Docker SDK (and a
     virtualenv) or the Docker CLI in this image.
     """
 
-    def __init__(self, path: str = "/var/run/docker.sock") -> None:
+    def __init__(self, path: str = DOCKER_PROXY) -> None:
         self.path = path
 
     def post(self, endpoint: str) -> None:
@@ -338,12 +346,12 @@ def catch_up(config: dict[str, Any]) -> None:
         backup_now(config)
 
 
-def backup(config: dict[str, Any]) -> None:
+def backup(config: dict[str, Any], keep: bool = False) -> None:
     with exclusive():
-        backup_now(config)
+        backup_now(config, keep)
 
 
-def backup_now(config: dict[str, Any]) -> None:
+def backup_now(config: dict[str, Any], keep: bool = False) -> None:
     started = time.monotonic()
     volumes = [VOLUMES / name for name in config["volumes"]]
     missing = [str(v) for v in volumes if not v.is_dir()]
@@ -392,6 +400,7 @@ def backup_now(config: dict[str, Any]) -> None:
             paused.append(container)
         result = restic(
             config, "backup", "--json", "--host", config["host"], "--tag", config["tag"],
+            *(["--tag", KEPT_TAG] if keep else []),
             "--exclude-file", str(exclude_file), *map(str, volumes), str(STAGE),
         )
     finally:
@@ -422,21 +431,49 @@ def forget(config: dict[str, Any], *selection: str) -> None:
     restic(
         config, "forget", *selection, "--tag", config["tag"], "--group-by", "host,tags",
         "--keep-daily", str(keep["daily"]), "--keep-weekly", str(keep["weekly"]),
-        "--keep-monthly", str(keep["monthly"]), "--prune",
+        "--keep-monthly", str(keep["monthly"]), "--keep-tag", KEPT_TAG, "--prune",
     )
 
 
+def host_repositories(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The settings of each data host's own repository on the backup host (its `repositories`),
+    else the one repository of the config."""
+    return [{**config, **repository} for repository in config.get("repositories", {}).values()] or [config]
+
+
 def prune(config: dict[str, Any]) -> None:
-    """Retention for every host, where the repository is (the backup host): the data hosts' own
+    """Retention for every host, where the repositories are (the backup host): the data hosts' own
     accounts may only add snapshots."""
     started = time.monotonic()
-    if not repository_exists(config):
-        print(json.dumps({"snapshots": 0, "seconds": 0.0}))
+    kept = 0
+    for repository in host_repositories(config):
+        if not repository_exists(repository):
+            continue
+        forget(repository)
+        restic(repository, "check")
+        kept += len(json.loads(restic(repository, "snapshots", "--json", "--tag", config["tag"]).stdout or "[]"))
+    print(json.dumps({"snapshots": kept, "seconds": round(time.monotonic() - started, 1)}))
+
+
+def split(config: dict[str, Any]) -> None:
+    """On the backup host: copy each data host's snapshots from the shared repository of earlier
+    releases (one for every host, one password) into that host's own repository, once (the shared
+    one is then marked, and left as it was). restic copies only what the target lacks, so a split
+    that was stopped midway is finished by the next."""
+    shared = Path(config["repository"])
+    done = shared / SPLIT_MARK
+    if not (shared / "config").is_file() or done.exists():
         return
-    forget(config)
-    restic(config, "check")
-    left = json.loads(restic(config, "snapshots", "--json", "--tag", config["tag"]).stdout or "[]")
-    print(json.dumps({"snapshots": len(left), "seconds": round(time.monotonic() - started, 1)}))
+    for host, settings in config.get("repositories", {}).items():
+        repository = {**config, **settings}
+        source = ["--from-repo", config["repository"], "--from-password-file", config["password_file"]]
+        if not repository_exists(repository):
+            # The shared repository's chunking: what the hosts share deduplicates as before.
+            restic(repository, "init", *source, "--copy-chunker-params")
+        log(f"split: copying {host}'s snapshots from the shared repository into its own")
+        restic(repository, "copy", *source, "--host", host, "--tag", config["tag"])
+    done.write_text("Each host's snapshots were copied into the repository named after it.\n")
+    log(f"split: every host's snapshots are in its own repository; the shared one is left as it was ({done})")
 
 
 def snapshots(config: dict[str, Any]) -> None:
@@ -451,21 +488,27 @@ def occupied(config: dict[str, Any]) -> list[str]:
     return [name for name in config["volumes"] if any((VOLUMES / name).iterdir())]
 
 
-def restore(config: dict[str, Any], snapshot: str, force: bool) -> None:
+def restore(config: dict[str, Any], snapshot: str, force: bool, only: list[str] | None = None) -> None:
     with exclusive():
-        restore_now(config, snapshot, force)
+        restore_now(config, snapshot, force, only)
 
 
-def restore_now(config: dict[str, Any], snapshot: str, force: bool) -> None:
+def restore_now(config: dict[str, Any], snapshot: str, force: bool, only: list[str] | None = None) -> None:
+    """The volumes (all of this host's, or those named in `only`) as snapshot `snapshot` holds them;
+    volumes that hold data only with `force`, after a snapshot of what they hold."""
     started = time.monotonic()
+    unknown = [name for name in only or [] if name not in config["volumes"]]
+    if unknown:
+        raise BackupError(f"no volume {', '.join(unknown)} on this host (its volumes: {', '.join(config['volumes'])})")
+    volumes = [name for name in config["volumes"] if not only or name in only]
     listed = json.loads(restic(config, "snapshots", "--json", snapshot).stdout or "[]")
     if not listed:
         raise BackupError(f"no snapshot {snapshot} in the repository")
     paths = set(listed[0]["paths"])
-    absent = [name for name in config["volumes"] if str(VOLUMES / name) not in paths]
+    absent = [name for name in volumes if str(VOLUMES / name) not in paths]
     if absent:
         raise BackupError(f"snapshot {snapshot} holds no copy of {', '.join(absent)}")
-    full = occupied(config)
+    full = [name for name in occupied(config) if name in volumes]
     if full and not force:
         raise BackupError(f"volumes hold data: {', '.join(full)}; restore with --force to replace it")
     safety = None
@@ -484,13 +527,13 @@ def restore_now(config: dict[str, Any], snapshot: str, force: bool) -> None:
                 entry.unlink()
     shutil.rmtree(STAGE, ignore_errors=True)
     includes: list[str] = []
-    for name in config["volumes"]:
+    for name in volumes:
         includes += ["--include", glob_escape(VOLUMES / name), "--include", glob_escape(STAGE / name)]
     # --sparse: the rgw engine's BlueStore file is mostly holes; written out whole it would fill
     # its full capacity on disk.
     restic(config, "restore", listed[0]["id"], "--target", "/", "--sparse", *includes)
     databases = 0
-    for name in config["volumes"]:
+    for name in volumes:
         staged = STAGE / name
         for copy in (p for p in staged.rglob("*") if p.is_file()):
             target = VOLUMES / name / copy.relative_to(staged)
@@ -506,7 +549,7 @@ def restore_now(config: dict[str, Any], snapshot: str, force: bool) -> None:
                 raise BackupError(f"the restored {target} fails SQLite's check: {check}")
             databases += 1
     print(json.dumps({
-        "snapshot": listed[0]["id"], "volumes": config["volumes"], "databases": databases, "safety_snapshot": safety,
+        "snapshot": listed[0]["id"], "volumes": volumes, "databases": databases, "safety_snapshot": safety,
         "seconds": round(time.monotonic() - started, 1),
     }))
 
@@ -515,9 +558,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aie-backup", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("init")
-    commands.add_parser("backup")
+    backup_parser = commands.add_parser("backup")
+    backup_parser.add_argument("--keep", action="store_true",
+                               help=f"tag the snapshot {KEPT_TAG}: retention never forgets it")
     commands.add_parser("catch-up")
     commands.add_parser("prune")
+    commands.add_parser("split")
     commands.add_parser("snapshots")
     commands.add_parser("resume")
     status_parser = commands.add_parser("status")
@@ -526,17 +572,20 @@ def main(argv: list[str] | None = None) -> int:
     restore_parser = commands.add_parser("restore")
     restore_parser.add_argument("snapshot")
     restore_parser.add_argument("--force", action="store_true")
+    restore_parser.add_argument("--volume", action="append", dest="volumes", help="only this volume (repeatable)")
     args = parser.parse_args(argv)
     config = load_config()
     try:
         if args.command == "init":
             init(config)
         elif args.command == "backup":
-            backup(config)
+            backup(config, args.keep)
         elif args.command == "catch-up":
             catch_up(config)
         elif args.command == "prune":
             prune(config)
+        elif args.command == "split":
+            split(config)
         elif args.command == "snapshots":
             snapshots(config)
         elif args.command == "resume":
@@ -547,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "occupied":
             print(json.dumps(occupied(config)))
         else:
-            restore(config, args.snapshot, args.force)
+            restore(config, args.snapshot, args.force, args.volumes)
     except BackupError as error:
         log(f"error: {error}")
         return 1

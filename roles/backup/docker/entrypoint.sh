@@ -8,7 +8,7 @@ if [ -f /etc/aie/crontab ]; then
 fi
 # A backup killed while the object store was paused left it paused: unpause it first (a failure
 # is logged, and the container starts anyway).
-if [ -S /var/run/docker.sock ] && [ -f "${AIE_BACKUP_CONFIG:-/etc/aie/backup.json}" ]; then
+if [ -S /run/aie-docker/docker.sock ] && [ -f "${AIE_BACKUP_CONFIG:-/etc/aie/backup.json}" ]; then
     aie-backup resume || true
 fi
 # cron runs @reboot jobs only when this file is missing: each start of the container is one.
