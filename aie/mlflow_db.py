@@ -248,26 +248,23 @@ def _empty(url: str) -> None:
         engine.dispose()
 
 
-def _mark(url: str) -> None:
+def _execute(url: str, statement: str) -> None:
     from sqlalchemy import text
 
     engine = _engine(url)
     try:
         with engine.begin() as connection:
-            connection.execute(text(f"CREATE TABLE IF NOT EXISTS {UNFINISHED} (started VARCHAR(40))"))
+            connection.execute(text(statement))
     finally:
         engine.dispose()
+
+
+def _mark(url: str) -> None:
+    _execute(url, f"CREATE TABLE IF NOT EXISTS {UNFINISHED} (started VARCHAR(40))")
 
 
 def _unmark(url: str) -> None:
-    from sqlalchemy import text
-
-    engine = _engine(url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text(f"DROP TABLE IF EXISTS {UNFINISHED}"))
-    finally:
-        engine.dispose()
+    _execute(url, f"DROP TABLE IF EXISTS {UNFINISHED}")
 
 
 def move(sources: dict[str, str], targets: dict[str, str]) -> dict[str, Any]:

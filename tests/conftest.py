@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -71,6 +73,17 @@ def aie(*args: str, timeout: float = 3600, extra_env: dict[str, str] | None = No
 
 def ansible_playbook(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return run([str(BIN / "ansible-playbook"), *args], timeout=timeout)
+
+
+def load_script(relative: str) -> ModuleType:
+    """A Python file of the project that is no package module (a filter plugin, a script copied
+    into an image), loaded as a module."""
+    path = PROJECT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def docker_answers() -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from conftest import load_script
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -23,12 +24,7 @@ SERVICES = {
 
 @pytest.fixture(scope="module")
 def aie_filters() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "filter_plugins" / "aie_topology.py"
-    spec = importlib.util.spec_from_file_location("aie_filters", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("filter_plugins/aie_topology.py")
 
 
 def test_one_host_uses_the_docker_network(aie_filters: ModuleType) -> None:

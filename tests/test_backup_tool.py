@@ -8,7 +8,6 @@ files are copied as databases, escaping for restic's exclude list and the refusa
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import sqlite3
 from pathlib import Path
@@ -16,17 +15,12 @@ from types import ModuleType
 
 import pytest
 
-from conftest import PROJECT
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    path = PROJECT / "roles" / "backup" / "docker" / "aie_backup.py"
-    spec = importlib.util.spec_from_file_location("aie_backup", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("roles/backup/docker/aie_backup.py")
 
 
 def test_a_live_database_is_copied_whole_and_consistent(tool: ModuleType, tmp_path: Path) -> None:
@@ -171,12 +165,7 @@ def test_backups_are_overdue_after_twice_the_schedules_interval(
 
 @pytest.fixture(scope="module")
 def proxy() -> ModuleType:
-    path = PROJECT / "roles" / "backup" / "docker" / "docker_proxy.py"
-    spec = importlib.util.spec_from_file_location("docker_proxy", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("roles/backup/docker/docker_proxy.py")
 
 
 def test_the_docker_proxy_lets_through_only_the_backups_calls(proxy: ModuleType) -> None:

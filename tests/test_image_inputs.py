@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -12,17 +11,14 @@ import pytest
 import yaml
 from jinja2.nativetypes import NativeEnvironment
 
+from conftest import load_script
+
 PROJECT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def images() -> ModuleType:
-    path = PROJECT / "filter_plugins" / "aie_images.py"
-    spec = importlib.util.spec_from_file_location("aie_images", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("filter_plugins/aie_images.py")
 
 
 @pytest.fixture()
