@@ -86,6 +86,22 @@ def load_script(relative: str) -> ModuleType:
     return module
 
 
+def generated_secrets(keys: Path) -> dict[str, str]:
+    """Every secret the deployment generated (files/keys/secrets, the users' passwords included),
+    and a line of each private key, by file name."""
+    found = {str(path.relative_to(keys)): path.read_text().split()[0]
+             for path in (keys / "secrets").rglob("*") if path.is_file()}
+    for path in keys.rglob("*"):
+        text = path.read_text(errors="replace") if path.is_file() and path.stat().st_size < 20000 else ""
+        if "PRIVATE KEY-----" in text:
+            found[str(path.relative_to(keys))] = text.splitlines()[1]
+    return found
+
+
+def secrets_in(text: str, keys: Path) -> list[str]:
+    return sorted(name for name, secret in generated_secrets(keys).items() if secret in text)
+
+
 def docker_answers() -> bool:
     if shutil.which("docker") is None:
         return False

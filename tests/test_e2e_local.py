@@ -32,12 +32,14 @@ from conftest import (
     behind_a_context,
     bounded_load,
     containers,
+    generated_secrets,
     http_status,
     jupyter_exec,
     jupyterlab_uid,
     mlflow_status,
     run,
     s3_client,
+    secrets_in,
     tls_ca,
     write_vars,
 )
@@ -274,22 +276,6 @@ def test_s3_client_account_reaches_only_the_artifact_bucket(stack: dict[str, Any
         assert seen.returncode == 0, (service, seen.stderr)
         assert seen.stdout.startswith("400:"), (service, seen.stdout.splitlines()[0])
         assert f"aws_access_key_id = {client_key}" in seen.stdout and server_key not in seen.stdout, service
-
-
-def generated_secrets(keys: Path) -> dict[str, str]:
-    """Every secret the deployment generated (files/keys/secrets, the users' passwords included),
-    and a line of each private key, by file name."""
-    found = {str(path.relative_to(keys)): path.read_text().split()[0]
-             for path in (keys / "secrets").rglob("*") if path.is_file()}
-    for path in keys.rglob("*"):
-        text = path.read_text(errors="replace") if path.is_file() and path.stat().st_size < 20000 else ""
-        if "PRIVATE KEY-----" in text:
-            found[str(path.relative_to(keys))] = text.splitlines()[1]
-    return found
-
-
-def secrets_in(text: str, keys: Path) -> list[str]:
-    return sorted(name for name, secret in generated_secrets(keys).items() if secret in text)
 
 
 def test_no_container_configuration_holds_a_secret(stack: dict[str, Any]) -> None:

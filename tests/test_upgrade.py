@@ -35,9 +35,11 @@ from conftest import (
     aie,
     building,
     containers,
+    generated_secrets,
     http_status,
     mlflow_admin,
     run,
+    secrets_in,
     tls_ca,
     write_local_inventory,
     write_vars,
@@ -193,6 +195,15 @@ def test_the_upgrade_turns_on_accounts_https_and_a_service_user(upgraded: dict[s
     assert "10001" in users, users
 
 
+def test_the_upgrade_takes_every_secret_out_of_the_containers_configuration(upgraded: dict[str, Any]) -> None:
+    # The previous release gave MLflow the admin password and the S3 keys in its environment.
+    assert {"secrets/mlflow_admin_password", "secrets/s3_client_secret_key"} <= set(generated_secrets(upgraded["keys"]))
+    for name in containers(PREFIX):
+        inspected = run(["docker", "inspect", name])
+        assert inspected.returncode == 0, inspected.stderr
+        assert secrets_in(inspected.stdout, upgraded["keys"]) == [], name
+
+
 def test_the_previous_minor_is_the_one_before_the_pin() -> None:
     pinned, previous = (tuple(map(int, v.split(".")[:2])) for v in (PINNED_MLFLOW, PREVIOUS_MLFLOW))
     assert previous == (pinned[0], pinned[1] - 1), f"PREVIOUS_MLFLOW: the last {pinned[0]}.{pinned[1] - 1} release"
@@ -203,6 +214,11 @@ def test_mlflow_s_database_was_backed_up_then_migrated(upgraded: dict[str, Any])
     backup = next(i for i, line in enumerate(lines) if "Run aie-backup backup" in line)
     migrate = next(i for i, line in enumerate(lines) if "Run aie.mlflow_db upgrade" in line)
     assert backup < migrate, "\n".join(lines)
+    # That backup is tagged before-upgrade: retention keeps it.
+    listed = run(["docker", "exec", f"{PREFIX}-backup", "aie-backup", "snapshots"], timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    tags = [set(snapshot["tags"]) for snapshot in json.loads(listed.stdout.strip().splitlines()[-1])]
+    assert {PREFIX, "before-upgrade"} in tags, tags
     check = mlflow_exec("python", "-m", "aie.mlflow_db", "check", "sqlite:////mlflow/mlflow.db",
                         "sqlite:////mlflow/basic_auth.db", env={}, user="10001:10001")
     assert check.returncode == 0, check.stderr[-2000:]
