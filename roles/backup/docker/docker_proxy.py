@@ -94,6 +94,10 @@ def handler(rules: Rules) -> type[BaseHTTPRequestHandler]:
         # No keep-alive: one request, one answer, then the connection closes.
         protocol_version = "HTTP/1.0"
 
+        def address_string(self) -> str:
+            # A Unix socket's peer has no address (http.server would log client_address[0]).
+            return "backup"
+
         def answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
