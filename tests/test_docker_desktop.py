@@ -34,9 +34,9 @@ def computed(expression: str, tmp_path: Path, **settings: object) -> Any:
 
 def test_the_local_stacks_memory_limits_fit_docker_desktops_vm(tmp_path: Path) -> None:
     # Every container of the local stack (serving included, once a model is registered, and the
-    # backup agent): their limits, as validation adds them up.
+    # backup agent and its Docker proxy): their limits, as validation adds them up.
     limits = computed("aie_host_memory_limits", tmp_path)
-    assert set(limits) == {"mlflow", "sftp", "s3", "jupyterlab", "serving", "backup"}
+    assert set(limits) == {"mlflow", "sftp", "s3", "jupyterlab", "serving", "backup", "docker-proxy"}
     assert sum(limits.values()) <= DESKTOP_MEMORY_GIB * 2**30, limits
     # The notebooks train in JupyterLab: it keeps the largest share.
     assert limits["jupyterlab"] == max(limits.values()) >= 2.5 * 2**30
