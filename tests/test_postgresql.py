@@ -159,6 +159,11 @@ def test_the_upgrade_backed_up_migrated_and_kept_every_run_and_model(pg_stack: d
     backup = next(i for i, line in enumerate(lines) if "Run aie-backup backup" in line)
     migrate = next(i for i, line in enumerate(lines) if "Run aie.mlflow_db upgrade" in line)
     assert backup < migrate, "\n".join(lines)
+    # That backup (the backup container is today's) is tagged before-upgrade: retention keeps it.
+    listed = run(["docker", "exec", f"{PREFIX}-backup", "aie-backup", "snapshots"], timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    tags = [set(snapshot["tags"]) for snapshot in json.loads(listed.stdout.strip().splitlines()[-1])]
+    assert {PREFIX, "before-upgrade"} in tags, tags
     head = run(["docker", "exec", f"{PREFIX}-mlflow", "python", "-c",
                 "from mlflow.store.db.utils import _get_latest_schema_revision as h; print(h())"], timeout=120)
     assert head.returncode == 0, head.stderr[-2000:]
