@@ -214,6 +214,12 @@ def test_mlflow_s_database_was_backed_up_then_migrated(upgraded: dict[str, Any])
     backup = next(i for i, line in enumerate(lines) if "Run aie-backup backup" in line)
     migrate = next(i for i, line in enumerate(lines) if "Run aie.mlflow_db upgrade" in line)
     assert backup < migrate, "\n".join(lines)
+    # That backup is tagged before-upgrade (retention keeps it): today's backup container, deployed
+    # before MLflow, took it.
+    listed = run(["docker", "exec", f"{PREFIX}-backup", "aie-backup", "snapshots"], timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    tags = [set(snapshot["tags"]) for snapshot in json.loads(listed.stdout.strip().splitlines()[-1])]
+    assert {PREFIX, "before-upgrade"} in tags, tags
     check = mlflow_exec("python", "-m", "aie.mlflow_db", "check", "sqlite:////mlflow/mlflow.db",
                         "sqlite:////mlflow/basic_auth.db", env={}, user="10001:10001")
     assert check.returncode == 0, check.stderr[-2000:]
