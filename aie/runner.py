@@ -26,6 +26,8 @@ _OUTCOMES = {
     "runner_on_unreachable": "UNREACHABLE",
 }
 # Events that end a task on a host (runner_on_start began it).
+# Terminal colour codes, as in the stdout of ansible-runner's events.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_ENDS = ("runner_on_ok", "runner_on_failed", "runner_on_skipped", "runner_on_unreachable")
 # Moves to the start of the terminal's line and clears it.
 _ERASE = "\r\x1b[K"
@@ -156,7 +158,7 @@ class _Progress:
             if name == "playbook_on_play_start":
                 self._print(f"== {data.get('play', '')}")
             elif name in _OUTCOMES:
-                self._task_done(name, data)
+                self._task_done(name, data, str(event.get("stdout") or ""))
         return True
 
     def start(self) -> None:
@@ -258,7 +260,7 @@ class _Progress:
             self.out.flush()
             self._shown = ()
 
-    def _task_done(self, name: str, data: dict[str, Any]) -> None:
+    def _task_done(self, name: str, data: dict[str, Any], stdout: str = "") -> None:
         res = data.get("res") or {}
         host = data.get("host", "?")
         task = data.get("task", "")
@@ -266,7 +268,11 @@ class _Progress:
             report = res.get("ansible_facts", {}).get("aie_report")
             if report is not None:
                 self.facts.setdefault(host, {}).update(report)
-            word = "changed" if res.get("changed") else "ok"
+            # A no_log task's result is censored whole, `changed` included: Ansible's own line
+            # (the event's stdout, "changed: [host]") still says it.
+            hidden_change = "censored" in res and _ANSI.sub("", stdout).lstrip().startswith("changed:")
+            changed = res.get("changed") or hidden_change
+            word = "changed" if changed else "ok"
             if self.verbose or word == "changed":
                 self._print(f"  {word:<8} {host:<16} {task}")
             return

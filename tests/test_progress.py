@@ -218,6 +218,20 @@ def test_the_timing_follows_the_environment() -> None:
     assert ProgressTiming.from_environment(environ) == ProgressTiming(threshold=0.5)
 
 
+def test_a_real_playbook_reports_the_change_of_a_task_whose_output_is_hidden(tmp_path: Path) -> None:
+    # no_log hides the whole result from ansible-runner's events, `changed` included.
+    inventory = one_play_project(tmp_path, (
+        "- name: Hide\n  hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - name: Change in secret\n      ansible.builtin.command: 'true'\n      no_log: true\n"
+        "    - name: Look in secret\n      ansible.builtin.command: 'true'\n      changed_when: false\n"
+        "      no_log: true\n"))
+    out = io.StringIO()
+    result = run_playbook("play.yml", project_dir=tmp_path, inventory=inventory, out=out)
+    assert result.ok, result.failures
+    assert out.getvalue().splitlines() == ["== Hide", "  changed  localhost        Change in secret"]
+    assert result.changed == 1
+
+
 def test_a_real_playbook_shows_its_long_task(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     inventory = one_play_project(tmp_path, (
         "- name: Wait\n  hosts: localhost\n  gather_facts: false\n  tasks:\n"
