@@ -4,8 +4,11 @@ An S3 server computes an object's ETag when it is written: the MD5 of the conten
 single PUT, and for a multipart upload the MD5 of the parts' MD5s followed by ``-<parts>``.
 Reading every object back and recomputing it shows what the server now returns differs from
 what it was given (the former rgw engine returned the last part repeated for every
-multipart object). Runs the same on the controller or on the S3 host (copied there by
-playbooks/s3_check.yml), needing only boto3: it imports nothing from aie.
+multipart object). An object copied from that engine's store by the new one's migration has a
+new ETag, computed from what was read; the ETag the former engine gave it is kept in its
+metadata (`aie-dbstore-etag`), and its content is checked against that one. Runs the same on
+the controller or on the S3 host (copied there by playbooks/s3_check.yml), needing only boto3:
+it imports nothing from aie.
 
     python3 s3_check.py BUCKET [BUCKET ...]   (endpoint and keys from AIE_S3_ENDPOINT,
                                                AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
@@ -33,6 +36,8 @@ MiB = 1 << 20
 # Part sizes of common clients: boto3 / MLflow (8 MiB), the AWS CLI's minimum (5 MiB), others.
 COMMON_PART_SIZES = (8 * MiB, 5 * MiB, 16 * MiB, 10 * MiB, 64 * MiB, 100 * MiB)
 CHUNK = 1 * MiB
+# Metadata the rgw engine's migration from its former dbstore backend gives every copy.
+DBSTORE_ETAG = "aie-dbstore-etag"
 
 
 def part_size_candidates(s3: Any, bucket: str, key: str, size: int, parts: int) -> list[int]:
@@ -102,6 +107,12 @@ def check_object(s3: Any, bucket: str, key: str, etag: str, size: int) -> str | 
     return None if etag in computed.values() else f"content does not match its multipart ETag ({parts} parts)"
 
 
+def original_etag(s3: Any, bucket: str, key: str, etag: str) -> tuple[str, bool]:
+    """The ETag to check an object against, and whether it is a copy from the former engine."""
+    recorded = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get(DBSTORE_ETAG)
+    return (recorded, True) if recorded else (etag, False)
+
+
 def owner(key: str) -> str | None:
     """The run (or logged model) an MLflow artifact key belongs to: `<experiment>/<run id>/artifacts/...`."""
     parts = key.split("/")
@@ -125,7 +136,10 @@ def main(argv: list[str]) -> int:
     for bucket in argv:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for item in page.get("Contents", []):
-                reason = check_object(s3, bucket, item["Key"], item["ETag"], item["Size"])
+                etag, migrated = original_etag(s3, bucket, item["Key"], item["ETag"])
+                reason = check_object(s3, bucket, item["Key"], etag, item["Size"])
+                if reason and migrated:
+                    reason += " (the ETag the former dbstore engine gave it)"
                 checked += 1
                 total += item["Size"]
                 if reason:

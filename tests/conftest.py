@@ -342,6 +342,21 @@ def common_image(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) 
     assert prepared.returncode == 0, prepared.stdout[-3000:]
 
 
+RGW_TEST_IMAGE = "aie-test/rgw:current"
+
+
+@pytest.fixture(scope="session")
+def rgw_test_image(common_image: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The rgw engine's image, built from the tree as it stands under a tag of the tests' own
+    (the deployments' image stays as their builds left it); Docker's layer cache makes it quick
+    once either was built."""
+    with building(tmp_path_factory):
+        built = run(["docker", "build", "--build-arg", "BASE_IMAGE=aie/common:latest", "-t", RGW_TEST_IMAGE,
+                     str(PROJECT / "roles/minio/docker/rgw")], timeout=3600)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    return RGW_TEST_IMAGE
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("e2e")

@@ -30,14 +30,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import PROJECT, aie, ansible_playbook, building, run, write_vars
+from conftest import aie, ansible_playbook, run, write_vars
 
 PREFIX = "aiex"
 SERVER = "aiex-s3"
 VOLUME = "aiex-s3-data"
 PORT = 39190
 ENDPOINT = f"http://127.0.0.1:{PORT}"
-IMAGE = "aie/rgw:latest"
 BUCKET = "aiex-models"
 TLS_PORT = 39191
 
@@ -51,23 +50,14 @@ def _remove_server() -> None:
     run(["docker", "volume", "rm", "-f", VOLUME], timeout=120)
 
 
-def _image_present(name: str) -> bool:
-    return run(["docker", "image", "inspect", name], timeout=60).returncode == 0
-
-
 def _client(keys: dict[str, str]) -> Any:
     return boto3.client("s3", endpoint_url=ENDPOINT, aws_access_key_id=keys["access"],
                         aws_secret_access_key=keys["secret"], region_name="us-east-1")
 
 
 @pytest.fixture(scope="module")
-def s3_server(common_image: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, str]]]:
+def s3_server(rgw_test_image: str) -> Iterator[dict[str, dict[str, str]]]:
     """A RADOS Gateway on 127.0.0.1:PORT with a root user and a user that may not create buckets."""
-    with building(tmp_path_factory):
-        if not _image_present(IMAGE):
-            built = run(["docker", "build", "--build-arg", "BASE_IMAGE=aie/common:latest", "-t", IMAGE,
-                         str(PROJECT / "roles/minio/docker/rgw")], timeout=3600)
-            assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     upper, mixed = string.ascii_uppercase + string.digits, string.ascii_letters + string.digits
     users = {"root": {"access": _key(upper, 20), "secret": _key(mixed, 40)},
              "limited": {"access": _key(upper, 20), "secret": _key(mixed, 40)}}
@@ -78,7 +68,7 @@ def s3_server(common_image: None, tmp_path_factory: pytest.TempPathFactory) -> I
                        "-e", f"S3_SECRET_KEY={users['root']['secret']}", "-e", "S3_CAPACITY_GIB=4",
                        "-e", f"S3_CLIENT_ACCESS_KEY={users['limited']['access']}",
                        "-e", f"S3_CLIENT_SECRET_KEY={users['limited']['secret']}",
-                       "-v", f"{VOLUME}:/var/lib/aie-s3", "-p", f"127.0.0.1:{PORT}:9000", IMAGE], timeout=120)
+                       "-v", f"{VOLUME}:/var/lib/aie-s3", "-p", f"127.0.0.1:{PORT}:9000", rgw_test_image], timeout=120)
         assert started.returncode == 0, started.stderr
         deadline = time.monotonic() + 180
         while True:

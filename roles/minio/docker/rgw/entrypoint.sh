@@ -1,7 +1,8 @@
 #!/bin/bash
 # A one-node Ceph cluster and its RADOS Gateway, all state on the data volume:
-#   first start   creates the cluster (fsid, cephx keys, monitor, one BlueStore OSD on a file),
-#                 then moves in the objects of a former dbstore deployment found on the volume;
+#   first start   creates the cluster (fsid, cephx keys, monitor, one BlueStore OSD on a file);
+#                 the objects of a former dbstore deployment found on the volume are moved in
+#                 (again at the next start if that was cut short);
 #   every start   writes ceph.conf, starts the monitor and the OSD, creates the S3 user once
 #                 (refusing other credentials than the user's), creates or re-keys the artifact
 #                 clients' user, then serves S3 on port 9000 (HTTPS when given a certificate).
@@ -137,10 +138,8 @@ if [ -d "$DATA/.minio.sys" ]; then
         "or copy the objects out and purge the volume before switching to rgw"
     exit 1
 fi
-fresh=false
 if [ ! -f "$CEPH/fsid" ]; then
     create_cluster
-    fresh=true
 fi
 write_conf
 chown ceph:ceph "$DATA" "$CEPH"
@@ -183,8 +182,10 @@ if [ -n "$changed" ]; then
     log "gave the S3 user $CLIENT_UID its keys"
 fi
 
-# Objects of the former dbstore engine are copied in before S3 answers on its port.
-if $fresh && [ -f "$DATA/${DBSTORE_FILES[0]}" ]; then
+# Objects of the former dbstore engine are copied in before S3 answers on its port: at every
+# start that finds its files still at the volume's top, since a migration that stopped midway
+# (the container killed, the host down) goes on where it stopped.
+if [ -f "$DATA/${DBSTORE_FILES[0]}" ]; then
     /usr/local/sbin/aie-rgw-migrate-dbstore "$DATA" || { stop_all; exit 1; }
 fi
 

@@ -6,11 +6,19 @@ Usage: aie-rgw-migrate-dbstore DATA_DIR (with S3_ACCESS_KEY / S3_SECRET_KEY in t
 The earlier rgw engine ran RADOS Gateway on its SQLite "dbstore" backend, whose multipart
 objects are corrupt (every object above 8 MiB uploaded with a default S3 client). Its files
 are on the same volume. This starts that gateway on 127.0.0.1:7481 and the new one on
-127.0.0.1:7480, copies every bucket and object as they are (a corrupt object stays corrupt:
-`aie s3-check` names the runs that hold one), checks each copy's size, and then moves the old
-files into DATA_DIR/dbstore-retired/ (kept, never deleted). Some multipart objects cannot be
-read back from dbstore at all (the read hangs): each is given a bounded time, and those that
-fail are named in the log and left in the retired files.
+127.0.0.1:7480, copies every bucket and object as they are, checks each copy's size, and then
+moves the old files into DATA_DIR/dbstore-retired/ (kept, never deleted). Some multipart
+objects cannot be read back from dbstore at all (the read hangs): each is given a bounded
+time, and those that fail are named in the log and left in the retired files.
+
+A corrupt object stays corrupt, and its copy gets a new ETag, computed from the corrupt
+content: each copy keeps the ETag dbstore gave the original (computed from what the client
+sent) as its metadata `aie-dbstore-etag`, which `aie s3-check` checks the content against.
+
+Objects are spooled on the data volume (DATA_DIR/dbstore-spool, one object at a time), never
+in the container's small /tmp. A migration that stops midway is taken up again at the next
+start (the entrypoint runs this as long as the old files are at the volume's top): objects
+already copied, with the same size and recorded ETag, are skipped.
 """
 
 from __future__ import annotations
@@ -27,8 +35,11 @@ from typing import IO, Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 OLD_PORT, NEW_PORT = 7481, 7480
+# The original's ETag, kept on its copy (x-amz-meta-aie-dbstore-etag): read by aie s3-check.
+ETAG_KEY = "aie-dbstore-etag"
 
 
 def log(message: str) -> None:
@@ -56,8 +67,8 @@ def wait_until_up(s3, port: int, process: subprocess.Popen[bytes]) -> None:  # t
     raise SystemExit(f"the gateway on port {port} did not answer within 120 s")
 
 
-def fetch(source, bucket: str, key: str, spool: IO[bytes], size: int) -> str:  # type: ignore[no-untyped-def]
-    """Read an object into spool within a bounded time; its content type.
+def fetch(source, bucket: str, key: str, spool: IO[bytes], size: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Read an object into spool within a bounded time; its content type and metadata.
 
     dbstore can answer a multipart object's GET with a trickle that never ends, which no
     socket timeout catches (each read gets a little): the read runs in a daemon thread that is
@@ -69,7 +80,8 @@ def fetch(source, bucket: str, key: str, spool: IO[bytes], size: int) -> str:  #
         try:
             body = source.get_object(Bucket=bucket, Key=key)
             shutil.copyfileobj(body["Body"], spool, 1 << 20)
-            outcome["type"] = body.get("ContentType", "binary/octet-stream")
+            outcome["args"] = {"ContentType": body.get("ContentType", "binary/octet-stream"),
+                               "Metadata": dict(body.get("Metadata", {}))}
         except Exception as error:  # noqa: BLE001 - handed to the caller
             outcome["error"] = error
 
@@ -81,7 +93,19 @@ def fetch(source, bucket: str, key: str, spool: IO[bytes], size: int) -> str:  #
         raise TimeoutError(f"no complete answer within {seconds:.0f} s")
     if "error" in outcome:
         raise outcome["error"]
-    return str(outcome["type"])
+    return dict(outcome["args"])
+
+
+def already_copied(target, bucket: str, key: str, size: int, etag: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether an earlier, interrupted migration copied this object (a copy is whole or absent:
+    an upload that did not complete leaves no object)."""
+    try:
+        head = target.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return bool(head["ContentLength"] == size and head.get("Metadata", {}).get(ETAG_KEY) == etag)
 
 
 def main() -> int:
@@ -102,16 +126,25 @@ def main() -> int:
         source, target = client(OLD_PORT, attempts=2), client(NEW_PORT)
         wait_until_up(source, OLD_PORT, old)
         wait_until_up(target, NEW_PORT, new)
-        copied, unreadable = 0, []
+        copied, skipped, unreadable = 0, 0, []
+        spool_dir = data / "dbstore-spool"
+        spool_dir.mkdir(mode=0o700, exist_ok=True)
         for bucket in source.list_buckets()["Buckets"]:
             name = bucket["Name"]
-            target.create_bucket(Bucket=name)
+            try:
+                target.create_bucket(Bucket=name)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                    raise
             for page in source.get_paginator("list_objects_v2").paginate(Bucket=name):
                 for item in page.get("Contents", []):
-                    with tempfile.TemporaryFile() as spool:
-                        where = f"s3://{name}/{item['Key']}"
+                    where, etag = f"s3://{name}/{item['Key']}", item["ETag"].strip('"')
+                    if already_copied(target, name, item["Key"], item["Size"], etag):
+                        skipped += 1
+                        continue
+                    with tempfile.TemporaryFile(dir=spool_dir) as spool:
                         try:
-                            content_type = fetch(source, name, item["Key"], spool, item["Size"])
+                            args = fetch(source, name, item["Key"], spool, item["Size"])
                         except Exception as error:  # noqa: BLE001 - named below, the others still copied
                             unreadable.append(f"{where} ({type(error).__name__}: {error})")
                             continue
@@ -119,9 +152,11 @@ def main() -> int:
                             unreadable.append(f"{where} (read {spool.tell()} of {item['Size']} bytes)")
                             continue
                         spool.seek(0)
-                        target.upload_fileobj(spool, name, item["Key"], ExtraArgs={"ContentType": content_type})
+                        args["Metadata"][ETAG_KEY] = etag
+                        target.upload_fileobj(spool, name, item["Key"], ExtraArgs=args)
                     copied += 1
-        log(f"copied {copied} objects")
+        spool_dir.rmdir()
+        log(f"copied {copied} objects" + (f" ({skipped} copied by an earlier, interrupted start)" if skipped else ""))
         for entry in unreadable:
             log(f"could not read {entry} from the former engine: left in the retired files")
     finally:
