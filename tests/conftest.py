@@ -349,10 +349,15 @@ RGW_TEST_IMAGE = "aie-test/rgw:current"
 def rgw_test_image(common_image: None, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The rgw engine's image, built from the tree as it stands under a tag of the tests' own
     (the deployments' image stays as their builds left it); Docker's layer cache makes it quick
-    once either was built."""
+    once either was built. Its context as the deployment assembles it: the role's folder, and
+    the engine's `sources` from aie/ in src/."""
+    context = tmp_path_factory.mktemp("rgw-context") / "rgw"
+    shutil.copytree(PROJECT / "roles/minio/docker/rgw", context)
+    (context / "src").mkdir()
+    shutil.copy(PROJECT / "aie" / "s3_check.py", context / "src")
     with building(tmp_path_factory):
         built = run(["docker", "build", "--build-arg", "BASE_IMAGE=aie/common:latest", "-t", RGW_TEST_IMAGE,
-                     str(PROJECT / "roles/minio/docker/rgw")], timeout=3600)
+                     str(context)], timeout=3600)
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     return RGW_TEST_IMAGE
 

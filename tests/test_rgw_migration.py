@@ -154,6 +154,9 @@ def test_the_dbstore_objects_are_moved_in_whole_and_the_corrupt_one_stays_named(
     log = _migration_log()
     assert "aie-rgw: copied 3 objects" in log, log
     assert not [line for line in log if "could not read" in line], log
+    # The move itself checked each copy against dbstore's ETag, and names the corrupt one.
+    differ = [line for line in log if "differs from what it was given" in line]
+    assert len(differ) == 1 and f"s3://{BUCKET}/{MULTIPART}: content does not match" in differ[0], log
 
     new = _client(NEW_PORT, keys)
     # The large object came through a /tmp smaller than itself.

@@ -13,7 +13,9 @@ time, and those that fail are named in the log and left in the retired files.
 
 A corrupt object stays corrupt, and its copy gets a new ETag, computed from the corrupt
 content: each copy keeps the ETag dbstore gave the original (computed from what the client
-sent) as its metadata `aie-dbstore-etag`, which `aie s3-check` checks the content against.
+sent) as its metadata `aie-dbstore-etag`. Each copy is read back and checked against that
+ETag with `aie s3-check`'s own code (copied into the image); the log names those that differ,
+and `aie s3-check` names them and their runs later too.
 
 Objects are spooled on the data volume (DATA_DIR/dbstore-spool, one object at a time), never
 in the container's small /tmp. A migration that stops midway is taken up again at the next
@@ -37,9 +39,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+sys.path.insert(0, "/usr/local/lib/aie")
+from s3_check import DBSTORE_ETAG as ETAG_KEY  # noqa: E402 - aie s3-check's code, in the image
+from s3_check import check_object  # noqa: E402
+
 OLD_PORT, NEW_PORT = 7481, 7480
-# The original's ETag, kept on its copy (x-amz-meta-aie-dbstore-etag): read by aie s3-check.
-ETAG_KEY = "aie-dbstore-etag"
 
 
 def log(message: str) -> None:
@@ -126,7 +130,7 @@ def main() -> int:
         source, target = client(OLD_PORT, attempts=2), client(NEW_PORT)
         wait_until_up(source, OLD_PORT, old)
         wait_until_up(target, NEW_PORT, new)
-        copied, skipped, unreadable = 0, 0, []
+        copied, skipped, unreadable, differing = 0, 0, [], []
         spool_dir = data / "dbstore-spool"
         spool_dir.mkdir(mode=0o700, exist_ok=True)
         for bucket in source.list_buckets()["Buckets"]:
@@ -155,8 +159,14 @@ def main() -> int:
                         args["Metadata"][ETAG_KEY] = etag
                         target.upload_fileobj(spool, name, item["Key"], ExtraArgs=args)
                     copied += 1
+                    reason = check_object(target, name, item["Key"], etag, item["Size"])
+                    if reason:
+                        differing.append(f"{where}: {reason}")
         spool_dir.rmdir()
         log(f"copied {copied} objects" + (f" ({skipped} copied by an earlier, interrupted start)" if skipped else ""))
+        for entry in differing:
+            log(f"copied as dbstore returned it, which differs from what it was given ({entry});"
+                " aie s3-check names its run")
         for entry in unreadable:
             log(f"could not read {entry} from the former engine: left in the retired files")
     finally:
