@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -343,6 +345,22 @@ def common_image(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) 
 
 
 RGW_TEST_IMAGE = "aie-test/rgw:current"
+
+
+def wait_for_s3(url: str, container: str, seconds: float) -> None:
+    """Wait until the S3 server at url answers an anonymous listing (200); else fail with the
+    tail of its container's log."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        logs = run(["docker", "logs", "--tail", "60", container], timeout=60)
+        assert time.monotonic() < deadline, logs.stdout + logs.stderr
+        time.sleep(2)
 
 
 @pytest.fixture(scope="session")

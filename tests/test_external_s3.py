@@ -16,8 +16,6 @@ import socket
 import ssl
 import string
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import aie, ansible_playbook, run, write_vars
+from conftest import aie, ansible_playbook, run, wait_for_s3, write_vars
 
 PREFIX = "aiex"
 SERVER = "aiex-s3"
@@ -70,16 +68,7 @@ def s3_server(rgw_test_image: str) -> Iterator[dict[str, dict[str, str]]]:
                        "-e", f"S3_CLIENT_SECRET_KEY={users['limited']['secret']}",
                        "-v", f"{VOLUME}:/var/lib/aie-s3", "-p", f"127.0.0.1:{PORT}:9000", rgw_test_image], timeout=120)
         assert started.returncode == 0, started.stderr
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(ENDPOINT + "/", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, run(["docker", "logs", "--tail", "40", SERVER]).stdout
-            time.sleep(2)
+        wait_for_s3(ENDPOINT, SERVER, 180)
         yield users
     finally:
         _remove_server()

@@ -18,8 +18,6 @@ import os
 import secrets
 import string
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +26,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from conftest import PROJECT, run
+from conftest import PROJECT, run, wait_for_s3
 
 OLD, NEW, VOLUME = "aiedb-dbstore", "aiedb-s3", "aiedb-s3-data"
 OLD_PORT, NEW_PORT = 39194, 39195
@@ -69,19 +67,6 @@ def _client(port: int, keys: dict[str, str]) -> Any:
     return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
                         aws_access_key_id=keys["S3_ACCESS_KEY"], aws_secret_access_key=keys["S3_SECRET_KEY"],
                         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}))
-
-
-def _wait_for(port: int, container: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, run(["docker", "logs", "--tail", "60", container]).stderr
-        time.sleep(2)
 
 
 def _start_engine(image: str, keys: dict[str, str]) -> None:
@@ -126,7 +111,7 @@ def dbstore_volume(rgw_test_image: str) -> Iterator[dict[str, Any]]:
                        "-p", f"127.0.0.1:{OLD_PORT}:9000", "--entrypoint", "bash", rgw_test_image, "-c", DBSTORE],
                       timeout=120)
         assert started.returncode == 0, started.stderr
-        _wait_for(OLD_PORT, OLD, 180)
+        wait_for_s3(f"http://127.0.0.1:{OLD_PORT}", OLD, 180)
         old = _client(OLD_PORT, keys)
         old.create_bucket(Bucket=BUCKET)
         contents = {SMALL: b'{"epochs": 3}', LARGE: os.urandom(70 * MiB)}
@@ -150,7 +135,7 @@ def test_the_dbstore_objects_are_moved_in_whole_and_the_corrupt_one_stays_named(
 ) -> None:
     keys, sha, etags = dbstore_volume["keys"], dbstore_volume["sha"], dbstore_volume["etags"]
     _start_engine(rgw_test_image, keys)
-    _wait_for(NEW_PORT, NEW, 900)
+    wait_for_s3(f"http://127.0.0.1:{NEW_PORT}", NEW, 900)
     log = _migration_log()
     assert "aie-rgw: copied 3 objects" in log, log
     assert not [line for line in log if "could not read" in line], log
@@ -185,7 +170,7 @@ def test_a_move_cut_short_is_taken_up_at_the_next_start(
                 timeout=60)
     assert moved.returncode == 0, moved.stderr
     assert run(["docker", "restart", NEW], timeout=180).returncode == 0
-    _wait_for(NEW_PORT, NEW, 900)
+    wait_for_s3(f"http://127.0.0.1:{NEW_PORT}", NEW, 900)
     log = _migration_log()
     assert log.count("aie-rgw: copied 0 objects (3 copied by an earlier, interrupted start)") == 1, log
     new = _client(NEW_PORT, dbstore_volume["keys"])
