@@ -131,7 +131,7 @@ def test_every_client_is_given_the_external_endpoint(inventory: str, hosts: set[
                 "aie_s3_access_key": "A" * 20, "aie_s3_secret_key": "b" * 40}
     vars_file = tmp_path / "vars.json"
     vars_file.write_text(json.dumps(settings))
-    shown = "{{ {'env': aie_artifact_client_env, 'files': aie_artifact_client_files, 'volumes': aie_host_volumes," \
+    shown = "{{ {'env': aie_artifact_client_env, 'files': aie_artifact_files.client, 'volumes': aie_host_volumes," \
             " 'endpoint': aie_endpoints.s3} | to_json }}"
     result = subprocess.run(
         [str(Path(sys.executable).parent / "ansible"), "-i", inventory, "mlflow:jupyterlab:serving:minio",

@@ -104,6 +104,12 @@ def test_client_keys_equal_to_the_servers_are_refused(tmp_path: Path) -> None:
     assert "aie_s3_client_access_key is aie_s3_access_key" in output
 
 
+def test_reader_keys_equal_to_the_clients_are_refused(tmp_path: Path) -> None:
+    output = deploy(tmp_path, aie_s3_client_access_key="AIETESTSAMEKEY000002",
+                    aie_s3_reader_access_key="AIETESTSAMEKEY000002")
+    assert "aie_s3_reader_access_key is aie_s3_client_access_key: the read-only S3 account" in output
+
+
 def test_unknown_engine_is_refused(tmp_path: Path) -> None:
     output = deploy(tmp_path, minio_engine="ceph")
     assert "minio_engine" in output and "ceph" in output

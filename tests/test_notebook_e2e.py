@@ -197,6 +197,70 @@ def test_the_served_model_answers_and_follows_the_alias(
     assert "changed=0" in unchanged.stdout
 
 
+# Run in the serving container as its user: what its artifact accounts may do. Each attempt to
+# change something is made on an object or file that exists.
+READ_ONLY_PROBE = r"""
+import io, json, os, sys
+import boto3, paramiko
+from botocore.exceptions import ClientError
+bucket, alias, root = sys.argv[1:4]
+out = {}
+s3 = boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"])
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, MaxKeys=20).get("Contents", [])]
+out["s3_listed"] = len(keys)
+out["s3_read"] = len(s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read())
+for what, call in (("s3_put", lambda: s3.put_object(Bucket=bucket, Key="aie-read-only-probe", Body=b"x")),
+                   ("s3_delete", lambda: s3.delete_object(Bucket=bucket, Key=keys[0]))):
+    try:
+        call()
+        out[what] = "allowed"
+    except ClientError as error:
+        out[what] = error.response["Error"]["Code"]
+config = paramiko.SSHConfig.from_path(os.path.expanduser("~/.ssh/config")).lookup(alias)
+ssh = paramiko.SSHClient()
+ssh.load_host_keys(os.path.expanduser(config["userknownhostsfile"]))
+ssh.connect(config["hostname"], port=int(config["port"]), username=config["user"],
+            key_filename=os.path.expanduser(config["identityfile"][0]), look_for_keys=False, allow_agent=False)
+sftp = ssh.open_sftp()
+out["sftp_user"] = config["user"]
+runs = [f"{root}/{name}" for name in sftp.listdir(root)]
+out["sftp_listed"] = len(runs)
+for what, call in (("sftp_put", lambda: sftp.putfo(io.BytesIO(b"x"), f"{root}/aie-read-only-probe")),
+                   ("sftp_remove", lambda: sftp.rmdir(runs[0])),
+                   ("sftp_rename", lambda: sftp.rename(runs[0], runs[0] + "-x"))):
+    try:
+        call()
+        out[what] = "allowed"
+    except OSError as error:
+        out[what] = type(error).__name__
+print(json.dumps(out))
+"""
+
+
+def test_serving_reads_the_artifacts_with_accounts_that_may_not_change_them(
+    stack: dict[str, Any], trained: dict[str, dict[str, Any]]
+) -> None:
+    serve = aie("serve", "-e", stack["extra"])
+    assert serve.returncode == 0, serve.stdout[-3000:] + serve.stderr[-3000:]
+    container = f"{PREFIX}-serving"
+    probe = run(["docker", "exec", "-i", "-u", "aie", container, "python", "-", "ai-models", f"{PREFIX}-sftp",
+                 "/artifacts"], input=READ_ONLY_PROBE, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    seen = json.loads(probe.stdout)
+    assert seen["s3_listed"] > 0 and seen["s3_read"] > 0 and seen["sftp_listed"] > 0, seen
+    assert (seen["s3_put"], seen["s3_delete"]) == ("AccessDenied", "AccessDenied"), seen
+    assert seen["sftp_user"] == "mlflow-reader"
+    assert (seen["sftp_put"], seen["sftp_remove"], seen["sftp_rename"]) == ("PermissionError",) * 3, seen
+    # It holds the read-only accounts' secrets, not the clients'.
+    held = run(["docker", "exec", "-u", "aie", container, "sh", "-c", "cat ~/.ssh/id_ed25519 ~/.aws/credentials"],
+               timeout=60).stdout
+    keys = stack["keys"]
+    assert (keys / "sftp_reader_ed25519").read_text().strip() in held
+    assert (keys / "secrets" / "s3_reader_secret_key").read_text().split()[0] in held
+    assert (keys / "sftp_client_ed25519").read_text().strip() not in held
+    assert (keys / "secrets" / "s3_client_secret_key").read_text().split()[0] not in held
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [(["--model", "no-such-model"], "Unknown model no-such-model"),

@@ -5,7 +5,8 @@
 #                 (again at the next start if that was cut short);
 #   every start   writes ceph.conf, starts the monitor and the OSD, creates the S3 user once
 #                 (refusing other credentials than the user's), creates or re-keys the artifact
-#                 clients' user, then serves S3 on port 9000 (HTTPS when given a certificate).
+#                 clients' user and the read-only user (serving's), then serves S3 on port 9000
+#                 (HTTPS when given a certificate).
 # Any daemon that stops takes the container down with it, so Docker restarts the whole set.
 set -euo pipefail
 # Objects, keys and the monitor's store are for the ceph user alone.
@@ -18,6 +19,13 @@ for name in S3_ACCESS_KEY S3_SECRET_KEY S3_CLIENT_ACCESS_KEY S3_CLIENT_SECRET_KE
     fi
     [ -n "${!name:-}" ] || { echo "aie-rgw: $name is not set (nor /etc/aie/s3/$name)" >&2; exit 1; }
     export "${name?}"
+done
+# The read-only user's keys (a deployment always gives them; a container started by hand may not).
+for name in S3_READER_ACCESS_KEY S3_READER_SECRET_KEY; do
+    if [ -f "/etc/aie/s3/$name" ]; then
+        printf -v "$name" '%s' "$(cat "/etc/aie/s3/$name")"
+    fi
+    export "$name=${!name:-}"
 done
 : "${S3_CAPACITY_GIB:=20}"
 DATA=/var/lib/aie-s3
@@ -170,16 +178,21 @@ else
     aie-rgw-keys aie S3_ACCESS_KEY S3_SECRET_KEY >/dev/null
 fi
 
-# The artifact clients' user (the buckets' policy, roles/minio/vars/main.yml, names it): it
-# may create no bucket (max-buckets -1) and holds exactly the keys it is given, so that new
-# keys in files/keys/secrets or Vault replace the old ones.
-CLIENT_UID=aie-client
-if ! timeout 120 radosgw-admin user info --uid=$CLIENT_UID >/dev/null 2>&1; then
-    timeout 120 radosgw-admin user create --uid=$CLIENT_UID --display-name=$CLIENT_UID --max-buckets=-1 >/dev/null
-fi
-changed=$(aie-rgw-keys $CLIENT_UID S3_CLIENT_ACCESS_KEY S3_CLIENT_SECRET_KEY)
-if [ -n "$changed" ]; then
-    log "gave the S3 user $CLIENT_UID its keys"
+# The artifact clients' user and the read-only one (the buckets' policy, roles/minio/vars/main.yml,
+# names them and what each may do): they may create no bucket (max-buckets -1) and hold exactly
+# the keys they are given, so that new keys in files/keys/secrets or Vault replace the old ones.
+s3_user() {
+    local uid=$1 access=$2 secret=$3
+    if ! timeout 120 radosgw-admin user info --uid="$uid" >/dev/null 2>&1; then
+        timeout 120 radosgw-admin user create --uid="$uid" --display-name="$uid" --max-buckets=-1 >/dev/null
+    fi
+    if [ -n "$(aie-rgw-keys "$uid" "$access" "$secret")" ]; then
+        log "gave the S3 user $uid its keys"
+    fi
+}
+s3_user aie-client S3_CLIENT_ACCESS_KEY S3_CLIENT_SECRET_KEY
+if [ -n "$S3_READER_ACCESS_KEY" ] && [ -n "$S3_READER_SECRET_KEY" ]; then
+    s3_user aie-reader S3_READER_ACCESS_KEY S3_READER_SECRET_KEY
 fi
 
 # Objects of the former dbstore engine are copied in before S3 answers on its port: at every
