@@ -12,18 +12,17 @@ set -euo pipefail
 # Objects, keys and the monitor's store are for the ceph user alone.
 umask 027
 # The accounts' keys: files of the mounted config folder (never the container's environment,
-# which `docker inspect` shows), else the environment (a container started by hand).
-for name in S3_ACCESS_KEY S3_SECRET_KEY S3_CLIENT_ACCESS_KEY S3_CLIENT_SECRET_KEY; do
+# which `docker inspect` shows), else the environment (a container started by hand). The
+# read-only user's are optional (a deployment always gives them; a container started by hand
+# may not).
+for name in S3_ACCESS_KEY S3_SECRET_KEY S3_CLIENT_ACCESS_KEY S3_CLIENT_SECRET_KEY S3_READER_ACCESS_KEY \
+            S3_READER_SECRET_KEY; do
     if [ -f "/etc/aie/s3/$name" ]; then
         printf -v "$name" '%s' "$(cat "/etc/aie/s3/$name")"
     fi
-    [ -n "${!name:-}" ] || { echo "aie-rgw: $name is not set (nor /etc/aie/s3/$name)" >&2; exit 1; }
-    export "${name?}"
-done
-# The read-only user's keys (a deployment always gives them; a container started by hand may not).
-for name in S3_READER_ACCESS_KEY S3_READER_SECRET_KEY; do
-    if [ -f "/etc/aie/s3/$name" ]; then
-        printf -v "$name" '%s' "$(cat "/etc/aie/s3/$name")"
+    if [ -z "${!name:-}" ] && [ "${name#S3_READER_}" = "$name" ]; then
+        echo "aie-rgw: $name is not set (nor /etc/aie/s3/$name)" >&2
+        exit 1
     fi
     export "$name=${!name:-}"
 done
