@@ -245,9 +245,25 @@ def write_local_inventory(path: Path, groups: Sequence[str]) -> Path:
 
 
 def in_jupyterlab(*command: str) -> list[str]:
-    """`docker exec` of a command in the JupyterLab container as the user the notebooks run as."""
-    # The user the entrypoint names `aie` (README, "Train, version, serve").
-    return ["docker", "exec", "-i", "-u", "aie", f"{PREFIX}-jupyterlab", *command]
+    """`docker exec` of a command in the JupyterLab container as the user the notebooks run as
+    (the container's own: README, "Train, version, serve")."""
+    return ["docker", "exec", "-i", f"{PREFIX}-jupyterlab", *command]
+
+
+def assert_unprivileged(container: str) -> dict[str, str]:
+    """Asserts that the container runs as a user of its own with no capability, and that none
+    of its processes is root or holds one; returns the uid of each process (by PID)."""
+    host = json.loads(run(["docker", "inspect", "--format", "{{json .}}", container], timeout=60).stdout)
+    assert host["HostConfig"]["CapDrop"] == ["ALL"] and not host["HostConfig"]["CapAdd"], container
+    assert host["Config"]["User"] not in ("", "0", "root") and not host["Config"]["User"].startswith("0:"), container
+    # The docker exec below runs as the container's user too.
+    states = run(["docker", "exec", container, "sh", "-c",
+                  "for p in /proc/[0-9]*; do echo ${p#/proc/} $(awk '/^(Uid|CapEff|CapPrm)/{print $2}' $p/status);"
+                  " done"], timeout=60)
+    seen = [line.split() for line in states.stdout.splitlines() if len(line.split()) == 4]
+    assert seen and {pid for pid, *_ in seen} >= {"1"}, states.stdout + states.stderr
+    assert all(uid != "0" and caps == prm == "0000000000000000" for _, uid, caps, prm in seen), states.stdout
+    return {pid: uid for pid, uid, _, _ in seen}
 
 
 @functools.cache

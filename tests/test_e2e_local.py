@@ -29,6 +29,7 @@ from conftest import (
     PREFIX,
     aie,
     ansible_playbook,
+    assert_unprivileged,
     behind_a_context,
     bounded_load,
     containers,
@@ -303,10 +304,10 @@ def test_no_container_configuration_holds_a_secret(stack: dict[str, Any]) -> Non
 
 
 # Capabilities each container may hold (group_vars/all/services.yml, aie_container_security),
-# and the bit of each in /proc/<pid>/status.
+# and the bit of each in /proc/<pid>/status. MLflow and JupyterLab hold none.
 PYTHON_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"}
 SSHD_CAPS = PYTHON_CAPS | {"SYS_CHROOT", "NET_BIND_SERVICE"}
-CONFINED = {"mlflow": PYTHON_CAPS, "jupyterlab": PYTHON_CAPS, "sftp": SSHD_CAPS, "minio": PYTHON_CAPS,
+CONFINED = {"mlflow": set(), "jupyterlab": set(), "sftp": SSHD_CAPS, "minio": PYTHON_CAPS,
             "backup": PYTHON_CAPS - {"KILL"} | {"DAC_READ_SEARCH", "FSETID"}, "docker-proxy": set()}
 # Containers whose root file system is read-only (the rgw engine's S3 server; MinIO's is not).
 READ_ONLY = {"mlflow", "sftp", "docker-proxy"} | ({"minio"} if ENGINE == "rgw" else set())
@@ -334,20 +335,17 @@ def test_every_container_is_confined(stack: dict[str, Any]) -> None:
         mask = sum(1 << CAP_BITS[cap] for cap in allowed)
         held = [int(line.split()[1], 16) for line in states.splitlines() if line.startswith("CapEff:")]
         assert held and all(caps & ~mask == 0 for caps in held), (name, [hex(caps) for caps in held])
-    # MLflow runs as a user of its own, with no capability left; only tini (PID 1) stays root.
-    states = run(["docker", "exec", f"{PREFIX}-mlflow", "sh", "-c",
-                  "for p in /proc/[0-9]*; do echo ${p#/proc/} $(awk '/^(Uid|CapEff)/{print $2}' $p/status); done"])
-    server = [line.split() for line in states.stdout.splitlines() if line.split()[0] != "1"]
-    # (The sh of this docker exec and its awk are root: they are left out by their parent's uid.)
-    users = {uid for _, uid, caps in server if uid != "0"}
-    assert users == {"10001"}, states.stdout
-    assert all(caps == "0000000000000000" for _, uid, caps in server if uid == "10001"), states.stdout
+    # MLflow runs as a user of its own from its first process (tini) on, with no capability.
+    assert set(assert_unprivileged(f"{PREFIX}-mlflow").values()) == {"10001"}
+    # Its config is a copy of its user's, which it cannot change.
+    config = run(["docker", "exec", f"{PREFIX}-mlflow", "sh", "-c",
+                  "stat -c '%u %a' /etc/aie /etc/aie/tls/key.pem; touch /etc/aie/probe"])
+    assert config.stdout.split("\n")[:2] == ["10001 700", "10001 400"], config.stdout
+    assert "Read-only file system" in config.stderr, config.stderr
     # JupyterLab never runs as root, whoever owns the notebooks folder (root's, when the tests run
     # as root): it runs as its owner, or as the service user given write access to it.
-    states = run(["docker", "exec", f"{PREFIX}-jupyterlab", "sh", "-c",
-                  "for p in /proc/[0-9]*; do echo ${p#/proc/} $(awk '/^Uid/{print $2}' $p/status); done"])
-    notebook_users = {uid for pid, uid in (line.split() for line in states.stdout.splitlines()) if pid != "1"} - {"0"}
-    assert notebook_users == {str(jupyterlab_uid())} and jupyterlab_uid() != 0, states.stdout
+    notebook_users = set(assert_unprivileged(f"{PREFIX}-jupyterlab").values())
+    assert notebook_users == {str(jupyterlab_uid())} and jupyterlab_uid() != 0, notebook_users
     probe = f"/home/aie/work/.aie-write-probe-{uuid.uuid4().hex[:8]}"
     written = jupyter_exec("sh", "-c", f"echo saved > {probe} && cat {probe} && rm {probe}")
     assert written.returncode == 0 and written.stdout.strip() == "saved", written.stderr

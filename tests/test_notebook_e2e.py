@@ -33,6 +33,7 @@ from conftest import (
     PREFIX,
     PROJECT,
     aie,
+    assert_unprivileged,
     http_status,
     in_jupyterlab,
     jupyter_exec,
@@ -243,7 +244,8 @@ def test_serving_reads_the_artifacts_with_accounts_that_may_not_change_them(
     serve = aie("serve", "-e", stack["extra"])
     assert serve.returncode == 0, serve.stdout[-3000:] + serve.stderr[-3000:]
     container = f"{PREFIX}-serving"
-    probe = run(["docker", "exec", "-i", "-u", "aie", container, "python", "-", "ai-models", f"{PREFIX}-sftp",
+    # (As the container's user, in whose home its entrypoint put the accounts' files.)
+    probe = run(["docker", "exec", "-i", container, "python", "-", "ai-models", f"{PREFIX}-sftp",
                  "/artifacts"], input=READ_ONLY_PROBE, timeout=300)
     assert probe.returncode == 0, probe.stderr[-3000:]
     seen = json.loads(probe.stdout)
@@ -252,13 +254,15 @@ def test_serving_reads_the_artifacts_with_accounts_that_may_not_change_them(
     assert seen["sftp_user"] == "mlflow-reader"
     assert (seen["sftp_put"], seen["sftp_remove"], seen["sftp_rename"]) == ("PermissionError",) * 3, seen
     # It holds the read-only accounts' secrets, not the clients'.
-    held = run(["docker", "exec", "-u", "aie", container, "sh", "-c", "cat ~/.ssh/id_ed25519 ~/.aws/credentials"],
+    held = run(["docker", "exec", container, "sh", "-c", "cat ~/.ssh/id_ed25519 ~/.aws/credentials"],
                timeout=60).stdout
     keys = stack["keys"]
     assert (keys / "sftp_reader_ed25519").read_text().strip() in held
     assert (keys / "secrets" / "s3_reader_secret_key").read_text().split()[0] in held
     assert (keys / "sftp_client_ed25519").read_text().strip() not in held
     assert (keys / "secrets" / "s3_client_secret_key").read_text().split()[0] not in held
+    # And no process of it is root or holds a capability.
+    assert_unprivileged(container)
 
 
 @pytest.mark.parametrize(
