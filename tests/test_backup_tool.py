@@ -139,6 +139,14 @@ def test_the_schedules_interval(tool: ModuleType, schedule: str, seconds: float)
     assert tool.schedule_interval(schedule, tool.snapshot_time("2026-12-06T08:00:00Z")) == seconds
 
 
+@pytest.mark.parametrize(("schedule", "now", "seconds"), [
+    # The backup server's pruning (prune-on-schedule) waits for the schedule's next firing.
+    ("30 4 * * *", "2026-12-06T04:00:00Z", 1800), ("30 4 * * *", "2026-12-06T04:30:00Z", 86400),
+    ("0 */6 * * *", "2026-12-06T05:59:30Z", 30)])
+def test_the_pruning_waits_for_the_next_firing(tool: ModuleType, schedule: str, now: str, seconds: float) -> None:
+    assert tool.seconds_to_next(schedule, tool.snapshot_time(now)) == seconds
+
+
 @pytest.mark.parametrize(("latest", "made", "overdue"), [
     # Last night's backup, and the one before: fine until two nights pass without one.
     ("2026-12-06T03:17:30Z", "2026-11-01T10:00:00Z", False),

@@ -10,6 +10,9 @@ the backup role); the volumes are mounted at /volumes/<name>.
                                        on a backup host) and `restic check`
     aie-backup prune                   on the backup host: retention for every host's
                                        snapshots, then `restic check`
+    aie-backup prune-on-schedule       on the backup host: prune at each firing of the
+                                       config's schedule, for ever (the REST server's user
+                                       runs it: cron would need root)
     aie-backup catch-up                back up now when the schedule fired since this host's
                                        latest snapshot (or, with none, since the repository was
                                        made): a backup missed while the machine slept or was off
@@ -294,6 +297,25 @@ def schedule_interval(schedule: str, now: datetime.datetime) -> float:
     return (last - before).total_seconds()
 
 
+def seconds_to_next(schedule: str, now: datetime.datetime) -> float:
+    """Seconds from now to the schedule's next firing (cron's time zone: UTC)."""
+    from croniter import croniter
+
+    due: datetime.datetime = croniter(schedule, now).get_next(datetime.datetime)
+    return (due - now).total_seconds()
+
+
+def prune_on_schedule(config: dict[str, Any]) -> None:
+    """Prune at each firing of the config's schedule, for ever: a failure is logged, and the
+    next firing awaited."""
+    while True:
+        time.sleep(seconds_to_next(config["schedule"], datetime.datetime.now(datetime.timezone.utc)))
+        try:
+            prune(config)
+        except BackupError as error:
+            log(f"error: the scheduled pruning failed: {error}")
+
+
 def latest_backup(config: dict[str, Any]) -> tuple[dict[str, Any] | None, datetime.datetime | None]:
     """This host's latest snapshot of this deployment (restic's JSON, or None), and when the
     repository was made (None when there is none)."""
@@ -563,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                                help=f"tag the snapshot {KEPT_TAG}: retention never forgets it")
     commands.add_parser("catch-up")
     commands.add_parser("prune")
+    commands.add_parser("prune-on-schedule")
     commands.add_parser("split")
     commands.add_parser("snapshots")
     commands.add_parser("resume")
@@ -584,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
             catch_up(config)
         elif args.command == "prune":
             prune(config)
+        elif args.command == "prune-on-schedule":
+            prune_on_schedule(config)
         elif args.command == "split":
             split(config)
         elif args.command == "snapshots":

@@ -8,6 +8,9 @@
 #                 clients' user and the read-only user (serving's), then serves S3 on port 9000
 #                 (HTTPS when given a certificate).
 # Any daemon that stops takes the container down with it, so Docker restarts the whole set.
+# A deployment runs it as ceph, with no capability (the service role hands the data volume to
+# ceph beforehand); started as root (by hand, or by the tests' stand-ins), it runs the daemons
+# as ceph itself.
 set -euo pipefail
 # Objects, keys and the monitor's store are for the ceph user alone.
 umask 027
@@ -34,7 +37,15 @@ PORT=9000
 DBSTORE_FILES=(dbstore-config.db dbstore-default_ns.db)
 
 log() { echo "aie-rgw: $*" >&2; }
-as_ceph=(--setuser ceph --setgroup ceph)
+if [ "$(id -u)" = 0 ]; then
+    as_ceph=(--setuser ceph --setgroup ceph)
+else
+    as_ceph=()
+fi
+# Hands files to ceph when running as root; as ceph, what it makes is its own already.
+to_ceph() {
+    if [ "$(id -u)" = 0 ]; then chown "$@" ceph:ceph; fi
+}
 
 write_conf() {
     install -d -m 0755 /etc/ceph
@@ -100,7 +111,7 @@ create_cluster() {
         "$tmp/monmap" >/dev/null
     ceph-mon --mkfs -i a --monmap "$tmp/monmap" --keyring "$tmp/mon.keyring"
     rm -rf "$tmp"
-    chown -R ceph:ceph "$CEPH"
+    to_ceph -R "$CEPH"
 }
 
 create_osd() {
@@ -108,17 +119,18 @@ create_osd() {
     uuid=$(python3 -c 'import uuid; print(uuid.uuid4())')
     id=$(ceph osd new "$uuid")
     dir=$CEPH/osd/ceph-$id
-    install -d -m 0750 -o ceph -g ceph "$dir"
+    install -d -m 0750 "$dir"
+    to_ceph "$dir"
     ceph auth get-or-create "osd.$id" mon 'allow profile osd' mgr 'allow profile osd' osd 'allow *' \
         -o "$dir/keyring"
-    chown ceph:ceph "$dir/keyring"
+    to_ceph "$dir/keyring"
     ceph-osd -i "$id" --mkfs --osd-uuid "$uuid" "${as_ceph[@]}" 2>&1 | grep -v 'unable to get device name' >&2 || true
     [ -f "$dir/fsid" ] || { log "creating the OSD failed"; exit 1; }
 }
 
 create_gateway_key() {
     ceph auth get-or-create client.rgw mon 'allow rw' osd 'allow rwx' -o "$CEPH/client.rgw.keyring"
-    chown ceph:ceph "$CEPH/client.rgw.keyring"
+    to_ceph "$CEPH/client.rgw.keyring"
 }
 
 # Waits until `ceph "$@"` prints something that matches the pattern.
@@ -149,8 +161,9 @@ if [ ! -f "$CEPH/fsid" ]; then
     create_cluster
 fi
 write_conf
-chown ceph:ceph "$DATA" "$CEPH"
-install -d -m 0770 -o ceph -g ceph /run/ceph
+to_ceph "$DATA" "$CEPH"
+install -d -m 0770 /run/ceph
+to_ceph /run/ceph
 
 ceph-mon -f -i a "${as_ceph[@]}" &
 wait_for HEALTH "monitor" health
@@ -202,12 +215,10 @@ if [ -f "$DATA/${DBSTORE_FILES[0]}" ]; then
 fi
 
 # HTTPS only, with the host's certificate when the deployment mounts one (a container started
-# without it, as the tests' stand-in for an external S3 service, serves plain HTTP). The gateway
-# runs as ceph: it reads its own copy of the key, the mounted one being root's.
+# without it, as the tests' stand-in for an external S3 service, serves plain HTTP), which the
+# config volume holds for ceph.
 if [ -f /etc/aie/tls/cert.pem ]; then
-    install -d -o ceph -g ceph -m 0700 /run/ceph/tls
-    install -o ceph -g ceph -m 0600 /etc/aie/tls/cert.pem /etc/aie/tls/key.pem /run/ceph/tls/
-    frontend="beast ssl_port=$PORT ssl_certificate=/run/ceph/tls/cert.pem ssl_private_key=/run/ceph/tls/key.pem"
+    frontend="beast ssl_port=$PORT ssl_certificate=/etc/aie/tls/cert.pem ssl_private_key=/etc/aie/tls/key.pem"
 else
     frontend="beast port=$PORT"
 fi
