@@ -186,10 +186,12 @@ def aie_client_addresses(
     return list(dict.fromkeys(found))
 
 
-def aie_volume_mounts(volumes: Mapping[str, str], prefix: str) -> list[dict[str, str]]:
-    """Docker mounts for named volumes given as {name suffix: mount point}."""
+def aie_volume_mounts(volumes: Mapping[str, str], prefix: str) -> list[dict[str, Any]]:
+    """Docker mounts for named volumes given as {name suffix: mount point}. Never filled from the
+    image (no_copy): Docker would otherwise give an empty volume, at each mount, the owner of the
+    image's folder at its mount point, undoing its hand-over to the service's user."""
     return [
-        {"type": "volume", "source": f"{prefix}-{suffix}", "target": target}
+        {"type": "volume", "source": f"{prefix}-{suffix}", "target": target, "no_copy": True}
         for suffix, target in sorted(volumes.items())
     ]
 

@@ -97,7 +97,7 @@ def test_known_host_names_use_the_port_form(aie_filters: ModuleType) -> None:
 
 def test_volume_mounts_carry_the_prefix(aie_filters: ModuleType) -> None:
     assert aie_filters.aie_volume_mounts({"mlflow-data": "/mlflow"}, "t1") == [
-        {"type": "volume", "source": "t1-mlflow-data", "target": "/mlflow"}
+        {"type": "volume", "source": "t1-mlflow-data", "target": "/mlflow", "no_copy": True}
     ]
 
 
