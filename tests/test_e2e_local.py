@@ -294,11 +294,10 @@ def test_no_container_configuration_holds_a_secret(stack: dict[str, Any]) -> Non
         assert secrets_in(inspected.stdout, keys) == [], name
     # MLflow's server holds its Flask key and the passphrase (from files, in its environment
     # only), and not the admin password, which only the one-off step that made the account had.
-    # Read from the host: the server dropped to its user through setpriv, which leaves its /proc
-    # files to root.
+    # The server's first process, after tini (whose environment is the container's).
     processes = run(["docker", "top", f"{PREFIX}-mlflow", "-eo", "pid,uid,args"]).stdout.splitlines()[1:]
     server = min(int(line.split()[0]) for line in processes
-                 if line.split()[1] == "10001" and "mlflow server" in line)
+                 if line.split()[1] == "10001" and "mlflow server" in line and "tini" not in line)
     environ = Path(f"/proc/{server}/environ").read_bytes().replace(b"\0", b"\n").decode()
     assert secrets_in(environ, keys) == ["secrets/mlflow_kek_passphrase", "secrets/mlflow_secret_key"]
 
