@@ -375,6 +375,9 @@ def wait_for_s3(url: str, container: str, seconds: float) -> None:
         except OSError:
             pass
         logs = run(["docker", "logs", "--tail", "60", container], timeout=60)
+        # A container that stopped will not answer: its log says why, now.
+        state = run(["docker", "inspect", "-f", "{{.State.Status}}", container], timeout=60).stdout.strip()
+        assert state in ("created", "running", "restarting"), f"{container} is {state or 'gone'}: " + logs.stderr
         assert time.monotonic() < deadline, logs.stdout + logs.stderr
         time.sleep(2)
 

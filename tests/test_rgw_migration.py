@@ -2,8 +2,9 @@
 
 A volume is filled by RADOS Gateway on the dbstore backend, as the earlier rgw engine ran it
 (a small object, a 70 MiB one, larger than the container's /tmp, and a multipart one, which
-dbstore corrupts). The engine's container then starts on it, as a deployment runs it (read-only
-root, a 64 MiB /tmp): every object is copied, the large one whole; the copies keep the ETag
+dbstore corrupts). The engine's container then starts on it, as a deployment runs it (the volume
+handed to ceph by the service role's prepare.sh, then as ceph with no capability, read-only root,
+a 64 MiB /tmp): every object is copied, the large one whole; the copies keep the ETag
 dbstore gave them, so that `aie s3-check` (aie/s3_check.py) still names the corrupt one and its
 run; and a start that finds the old files again (a migration cut short) takes the move up where
 it stopped, copying nothing twice.
@@ -23,12 +24,15 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from conftest import PROJECT, run, wait_for_s3
 
 OLD, NEW, VOLUME = "aiedb-dbstore", "aiedb-s3", "aiedb-s3-data"
+# The engine's confinement as deployments read it.
+SECURITY = yaml.safe_load((PROJECT / "roles/minio/defaults/main.yml").read_text())["minio_engines"]["rgw"]["security"]
 OLD_PORT, NEW_PORT = 39194, 39195
 BUCKET = "ai-models"
 MiB = 1 << 20
@@ -70,11 +74,21 @@ def _client(port: int, keys: dict[str, str]) -> Any:
 
 
 def _start_engine(image: str, keys: dict[str, str]) -> None:
-    """The engine's container as a deployment runs it: read-only root, its tmpfs folders."""
+    """The engine's container as a deployment runs it: its volume handed to its user by the
+    service role's one-off step (prepare.sh, as root with its three capabilities), then as that
+    user with no capability, on a read-only root with its tmpfs folders."""
+    prepared = run(["docker", "run", "--rm", "--user", "0:0", "--cap-drop", "ALL", "--cap-add", "CHOWN",
+                    "--cap-add", "DAC_OVERRIDE", "--cap-add", "FOWNER", "--network", "none",
+                    "-e", f"AIE_USER={SECURITY['user']}", "-e", "AIE_OWNED=/var/lib/aie-s3",
+                    "--tmpfs", "/etc/aie.host", "--tmpfs", "/etc/aie", "-v", f"{VOLUME}:/var/lib/aie-s3",
+                    "--entrypoint", "sh", image, "-c", (PROJECT / "roles/service/files/prepare.sh").read_text(),
+                    "prepare"], timeout=120)
+    assert prepared.returncode == 0 and "changed" in prepared.stdout, prepared.stderr
     env = [arg for name, value in keys.items() for arg in ("-e", f"{name}={value}")]
-    started = run(["docker", "run", "-d", "--name", NEW, *env, "-e", "S3_CAPACITY_GIB=4", "--read-only",
-                   "--tmpfs", "/run:mode=0755,size=16m", "--tmpfs", "/tmp:size=64m",
-                   "--tmpfs", "/etc/ceph:mode=0755,size=1m", "-v", f"{VOLUME}:/var/lib/aie-s3",
+    tmpfs = [arg for folder in SECURITY["tmpfs"] for arg in ("--tmpfs", folder)]
+    started = run(["docker", "run", "-d", "--name", NEW, *env, "-e", "S3_CAPACITY_GIB=4", "--user", SECURITY["user"],
+                   "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only", *tmpfs,
+                   "--mount", f"type=volume,source={VOLUME},target=/var/lib/aie-s3,volume-nocopy",
                    "-p", f"127.0.0.1:{NEW_PORT}:9000", image], timeout=120)
     assert started.returncode == 0, started.stderr
 

@@ -44,7 +44,7 @@ else
 fi
 # Hands files to ceph when running as root; as ceph, what it makes is its own already.
 to_ceph() {
-    if [ "$(id -u)" = 0 ]; then chown "$@" ceph:ceph; fi
+    if [ "$(id -u)" = 0 ]; then chown ceph:ceph "$@"; fi
 }
 
 write_conf() {
