@@ -59,3 +59,31 @@ def test_every_task_that_returns_a_containers_configuration_is_no_log() -> None:
             if CONFIGURATION_MODULES & set(task) and not hidden:
                 exposed.append(f"{path.relative_to(PROJECT)}: {task.get('name')}")
     assert exposed == []
+
+
+def settings_defaults() -> dict[str, Any]:
+    """The values every play gets when the inventory sets nothing: group_vars/all."""
+    values: dict[str, Any] = {}
+    for path in sorted(PROJECT.glob("group_vars/all/*.yml")):
+        values.update(yaml.safe_load(path.read_text()) or {})
+    return values
+
+
+def test_every_default_an_argument_spec_documents_is_the_one_the_role_gets() -> None:
+    # Ansible reads a role's defaults from defaults/main.yml (or group_vars/all, for the shared
+    # aie_* settings); the `default` in meta/argument_specs.yml only documents it, and ansible-doc
+    # shows it. Where both are written, they must agree.
+    shared, differing = settings_defaults(), []
+    for spec in sorted(PROJECT.glob("roles/*/meta/argument_specs.yml")):
+        role = spec.parent.parent
+        defaults_file = role / "defaults/main.yml"
+        defaults = (yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else None) or {}
+        for entry, body in yaml.safe_load(spec.read_text())["argument_specs"].items():
+            for name, option in (body.get("options") or {}).items():
+                if "default" not in option:
+                    continue
+                actual = defaults.get(name, shared.get(name, "(none: neither defaults/main.yml nor group_vars/all)"))
+                if actual != option["default"]:
+                    differing.append(f"{role.name} {entry} {name}: documents {option['default']!r}, gets {actual!r}")
+    assert differing == []
+
