@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,3 +88,20 @@ def test_every_default_an_argument_spec_documents_is_the_one_the_role_gets() -> 
                     differing.append(f"{role.name} {entry} {name}: documents {option['default']!r}, gets {actual!r}")
     assert differing == []
 
+
+def test_the_multi_host_example_shows_every_port_setting_with_its_default() -> None:
+    settings = yaml.safe_load((PROJECT / "group_vars/all/services.yml").read_text())
+    example = (PROJECT / "inventory/multi-host/group_vars/aie.yml").read_text()
+    shown = yaml.safe_load("\n".join(line[2:] for line in example.splitlines()
+                                     if line.startswith("# aie_") and "_port:" in line))
+    ports = [service["port_setting"] for service in settings["aie_services"].values()]
+    assert shown == {name: settings[name] for name in ports}
+
+
+def test_the_readme_lists_every_data_volume() -> None:
+    services = (PROJECT / "group_vars/all/services.yml").read_text()
+    volumes = {f"aie-{name}" for line in services.splitlines() if line.strip().startswith("volumes:")
+               for name in re.findall(r"[a-z]+-data", line)}
+    readme = " ".join((PROJECT / "README.md").read_text().split())
+    listed = re.search(r"Data volumes \(([^)]*)\)", readme)
+    assert listed and volumes and set(re.findall(r"`([a-z-]+)`", listed.group(1))) == volumes
