@@ -194,8 +194,10 @@ def test_memory_limits_beyond_the_engines_memory_are_refused(tmp_path: Path, doc
 
 
 def test_two_services_on_one_port_are_refused(tmp_path: Path) -> None:
-    output = deploy(tmp_path, aie_sftp_port=5500)
-    assert "would publish port(s) 5500 for more than one service" in output
+    # Serving's port on MLflow's: the message names the two settings, and only them.
+    output = " ".join(deploy(tmp_path, aie_serving_port=5500).split())
+    assert ("would publish port(s) 5500 for more than one service: "
+            "set distinct ports in aie_mlflow_port, aie_serving_port.") in output
 
 
 def test_a_port_another_program_holds_is_refused_at_once(tmp_path: Path) -> None:
