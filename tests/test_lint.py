@@ -105,3 +105,25 @@ def test_the_readme_lists_every_data_volume() -> None:
     readme = " ".join((PROJECT / "README.md").read_text().split())
     listed = re.search(r"Data volumes \(([^)]*)\)", readme)
     assert listed and volumes and set(re.findall(r"`([a-z-]+)`", listed.group(1))) == volumes
+
+
+# What confines a service's container (roles/service/tasks/container.yml).
+CONFINEMENT = ("user", "cap_drop", "security_opts", "memory", "read_only", "tmpfs", "pids_limit", "log_driver",
+               "log_options")
+
+
+def test_one_off_containers_are_confined_like_their_service() -> None:
+    def confinement(task: dict[str, Any]) -> dict[str, str]:
+        module = task["community.docker.docker_container"]
+        return {key: str(module.get(key)).replace(" or omit }}", " }}") for key in CONFINEMENT}
+
+    containers = [task for path in sorted(PROJECT.glob("roles/*/tasks/*.yml"))
+                  for task in tasks_of(yaml.safe_load(path.read_text()) or [])
+                  if "community.docker.docker_container" in task]
+    service = next(task for task in containers if task["name"] == "Run the container {{ __service_def.container }}")
+    # The one-off containers of a service's image that run as its user (MLflow's schema and admin steps).
+    one_offs = [task for task in containers if task is not service
+                and task["community.docker.docker_container"].get("user") == "{{ __service_user }}"]
+    assert len(one_offs) >= 2
+    assert {task["name"]: confinement(task) for task in one_offs} == {task["name"]: confinement(service)
+                                                                       for task in one_offs}
