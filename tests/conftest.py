@@ -233,6 +233,32 @@ def write_vars(path: Path, values: dict[str, object]) -> str:
     return f"@{path}"
 
 
+# An earlier release's images, under names of their own (aie-<commit>/<name>), so that today's
+# are left alone: the settings that name them.
+RELEASE_IMAGES = {"aie_common_image": "common", "aie_python_image": "python", "aie_ml_image": "ml",
+                  "mlflow_image": "mlflow", "sftp_image": "sftp", "backup_image": "backup",
+                  "jupyterlab_image": "jupyterlab"}
+
+
+def earlier_release(commit: str, target: Path) -> dict[str, object]:
+    """Extracts release `commit` of this project from its git history into `target`, with MLflow
+    pinned to PREVIOUS_MLFLOW (a schema behind today's pin, and one Python layer for every earlier
+    release); returns the settings that give its images names of their own."""
+    archive = subprocess.run(["git", "-C", str(PROJECT), "archive", commit], capture_output=True, check=False)
+    assert archive.returncode == 0, (
+        f"release {commit} is not in {PROJECT}'s git history (a clone with its history is needed): "
+        + archive.stderr.decode()[-500:])
+    target.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    requirements = target / "roles/python_image/docker/requirements.txt"
+    requirements.write_text("".join(f"mlflow=={PREVIOUS_MLFLOW}\n" if line.startswith("mlflow") else line
+                                    for line in requirements.read_text().splitlines(keepends=True)))
+    engines = yaml.safe_load((target / "roles/minio/defaults/main.yml").read_text())["minio_engines"]
+    engines["rgw"]["image"] = f"aie-{commit}/rgw:latest"
+    images = {name: f"aie-{commit}/{image}:latest" for name, image in RELEASE_IMAGES.items()}
+    return {"minio_engines": engines, **images}
+
+
 def write_local_inventory(path: Path, groups: Sequence[str]) -> Path:
     """A single-host inventory like inventory/local with only these service groups; its path."""
     path.write_text(yaml.safe_dump({"all": {
@@ -288,7 +314,7 @@ STACK_MODULES = {"test_e2e_local", "test_notebook_e2e", "test_restore_drill", "t
 # The longest groups, longest first, handed out before the others (`make test` passes
 # --no-loadscope-reorder, which keeps this order): a worker that drew a long group late would
 # leave the other idle at the end.
-LONGEST_FIRST = ["stack", "test_molecule", "test_postgresql", "test_upgrade"]
+LONGEST_FIRST = ["stack", "test_molecule", "test_postgresql", "test_upgrade", "test_dbstore_upgrade"]
 
 
 def group_of(nodeid: str) -> str:

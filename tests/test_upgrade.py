@@ -19,11 +19,9 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import (
@@ -31,10 +29,10 @@ from conftest import (
     ENGINE,
     PINNED_MLFLOW,
     PREVIOUS_MLFLOW,
-    PROJECT,
     aie,
     building,
     containers,
+    earlier_release,
     generated_secrets,
     http_status,
     mlflow_admin,
@@ -50,10 +48,6 @@ PREVIOUS = "29ef9ff"
 PREFIX = "aieup"
 PORTS = {"aie_mlflow_port": 25500, "aie_sftp_port": 22222, "aie_s3_port": 29000, "aie_jupyterlab_port": 28888}
 MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
-# The previous release's images get names of their own, so that today's are left alone.
-PREVIOUS_IMAGES = {"aie_common_image": "common", "aie_python_image": "python", "aie_ml_image": "ml",
-                   "mlflow_image": "mlflow", "sftp_image": "sftp", "backup_image": "backup",
-                   "jupyterlab_image": "jupyterlab"}
 # Every service but serving (it runs only once a model is registered as one).
 GROUPS = ("mlflow", "sftp", "minio", "jupyterlab", "database")
 
@@ -96,17 +90,6 @@ print(json.dumps(out))
 """
 
 
-def previous_release(target: Path) -> Path:
-    """The files of release PREVIOUS, from the project's git history."""
-    archive = subprocess.run(["git", "-C", str(PROJECT), "archive", PREVIOUS], capture_output=True, check=False)
-    assert archive.returncode == 0, (
-        f"release {PREVIOUS} is not in {PROJECT}'s git history (a clone with its history is needed): "
-        + archive.stderr.decode()[-500:])
-    target.mkdir()
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    return target
-
-
 def mlflow_exec(*command: str, env: dict[str, str], user: str | None = None) -> subprocess.CompletedProcess[str]:
     options = [arg for name, value in env.items() for arg in ("-e", f"{name}={value}")]
     return run(["docker", "exec", *(["--user", user] if user else []), *options, f"{PREFIX}-mlflow", *command],
@@ -128,14 +111,8 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     leftovers = aie("down", "--purge", "--yes", *everything, timeout=600)
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
 
-    previous = previous_release(work / "previous")
-    requirements = previous / "roles/python_image/docker/requirements.txt"
-    requirements.write_text("".join(f"mlflow=={PREVIOUS_MLFLOW}\n" if line.startswith("mlflow") else line
-                                    for line in requirements.read_text().splitlines(keepends=True)))
-    engines = yaml.safe_load((previous / "roles/minio/defaults/main.yml").read_text())["minio_engines"]
-    engines["rgw"]["image"] = f"aie-{PREVIOUS}/rgw:latest"
-    old_settings = {**settings, "minio_engines": engines,
-                    **{name: f"aie-{PREVIOUS}/{image}:latest" for name, image in PREVIOUS_IMAGES.items()}}
+    previous = work / "previous"
+    old_settings = {**settings, **earlier_release(PREVIOUS, previous)}
     with building(tmp_path_factory):
         old_up = run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml",
                       "-e", write_vars(work / "previous-vars.json", old_settings)],
