@@ -64,6 +64,7 @@ def s3_server(rgw_test_image: str) -> Iterator[dict[str, dict[str, str]]]:
         # The limited user is the image's client user (aie-client), which RGW refuses any bucket.
         started = run(["docker", "run", "-d", "--name", SERVER, "-e", f"S3_ACCESS_KEY={users['root']['access']}",
                        "-e", f"S3_SECRET_KEY={users['root']['secret']}", "-e", "S3_CAPACITY_GIB=4",
+                       "-e", "S3_PORT=9000",
                        "-e", f"S3_CLIENT_ACCESS_KEY={users['limited']['access']}",
                        "-e", f"S3_CLIENT_SECRET_KEY={users['limited']['secret']}",
                        "-v", f"{VOLUME}:/var/lib/aie-s3", "-p", f"127.0.0.1:{PORT}:9000", rgw_test_image], timeout=120)

@@ -127,3 +127,17 @@ def test_one_off_containers_are_confined_like_their_service() -> None:
     assert len(one_offs) >= 2
     assert {task["name"]: confinement(task) for task in one_offs} == {task["name"]: confinement(service)
                                                                        for task in one_offs}
+
+
+def test_internal_ports_are_written_only_in_the_registry() -> None:
+    # Each service's port inside the Docker network is aie_services' `port`; the roles pass it
+    # into commands, configs and environments, and no role, Dockerfile or script writes it again.
+    services = yaml.safe_load((PROJECT / "group_vars/all/services.yml").read_text())["aie_services"]
+    ports = {str(service["port"]) for service in services.values()}
+    written = []
+    for path in sorted(p for p in (PROJECT / "roles").rglob("*") if p.is_file()):
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            code = line.split("#")[0] if path.suffix in (".yml", ".sh", ".py", "") else line
+            if any(re.search(rf"(?<![\d.]){port}(?![\d])", code) for port in ports):
+                written.append(f"{path.relative_to(PROJECT)}:{number}: {line.strip()}")
+    assert written == []

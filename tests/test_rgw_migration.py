@@ -86,7 +86,8 @@ def _start_engine(image: str, keys: dict[str, str]) -> None:
     assert prepared.returncode == 0 and "changed" in prepared.stdout, prepared.stderr
     env = [arg for name, value in keys.items() for arg in ("-e", f"{name}={value}")]
     tmpfs = [arg for folder in SECURITY["tmpfs"] for arg in ("--tmpfs", folder)]
-    started = run(["docker", "run", "-d", "--name", NEW, *env, "-e", "S3_CAPACITY_GIB=4", "--user", SECURITY["user"],
+    started = run(["docker", "run", "-d", "--name", NEW, *env, "-e", "S3_CAPACITY_GIB=4",
+                   "-e", "S3_PORT=9000", "--user", SECURITY["user"],
                    "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only", *tmpfs,
                    "--mount", f"type=volume,source={VOLUME},target=/var/lib/aie-s3,volume-nocopy",
                    "-p", f"127.0.0.1:{NEW_PORT}:9000", image], timeout=120)

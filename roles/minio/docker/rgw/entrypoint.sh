@@ -5,7 +5,7 @@
 #                 (again at the next start if that was cut short);
 #   every start   writes ceph.conf, starts the monitor and the OSD, creates the S3 user once
 #                 (refusing other credentials than the user's), creates or re-keys the artifact
-#                 clients' user and the read-only user (serving's), then serves S3 on port 9000
+#                 clients' user and the read-only user (serving's), then serves S3 on port $S3_PORT
 #                 (HTTPS when given a certificate).
 # Any daemon that stops takes the container down with it, so Docker restarts the whole set.
 # A deployment runs it as ceph, with no capability (the service role hands the data volume to
@@ -30,9 +30,10 @@ for name in S3_ACCESS_KEY S3_SECRET_KEY S3_CLIENT_ACCESS_KEY S3_CLIENT_SECRET_KE
     export "$name=${!name:-}"
 done
 : "${S3_CAPACITY_GIB:=20}"
+# The port S3 is served on inside the network (the role passes aie_services.s3.port).
+: "${S3_PORT:?S3_PORT is not set}"
 DATA=/var/lib/aie-s3
 CEPH=$DATA/ceph
-PORT=9000
 # The former engine (RGW's SQLite dbstore backend) kept these files at the volume's top.
 DBSTORE_FILES=(dbstore-config.db dbstore-default_ns.db)
 
@@ -218,9 +219,9 @@ fi
 # without it, as the tests' stand-in for an external S3 service, serves plain HTTP), which the
 # config volume holds for ceph.
 if [ -f /etc/aie/tls/cert.pem ]; then
-    frontend="beast ssl_port=$PORT ssl_certificate=/etc/aie/tls/cert.pem ssl_private_key=/etc/aie/tls/key.pem"
+    frontend="beast ssl_port=$S3_PORT ssl_certificate=/etc/aie/tls/cert.pem ssl_private_key=/etc/aie/tls/key.pem"
 else
-    frontend="beast port=$PORT"
+    frontend="beast port=$S3_PORT"
 fi
 radosgw -f -n client.rgw "${as_ceph[@]}" --rgw-frontends "$frontend" &
 set +e
