@@ -196,10 +196,40 @@ def aie_volume_mounts(volumes: Mapping[str, str], prefix: str) -> list[dict[str,
     ]
 
 
+def aie_confinement(
+    services: Mapping[str, Mapping[str, Any]], others: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """How far each container is confined, by name: each service's `confinement` with its `memory`
+    (aie_services), then the other containers' entries (the backup agent's, with their memory)."""
+    confined = {name: {**service.get("confinement", {}), "memory": service["memory"]}
+                for name, service in services.items()}
+    return {**confined, **{name: dict(entry) for name, entry in others.items()}}
+
+
+def aie_override_problems(overrides: object, definitions: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What is wrong with aie_service_overrides: services and fields that aie_services does not
+    define, and values of the wrong kind (none: an empty list). Written here, not as an assert of
+    Jinja tests, to name every culprit at once."""
+    if not isinstance(overrides, Mapping):
+        return [f"not a dictionary of services but {overrides!r}"]
+    problems = []
+    for name, fields in overrides.items():
+        if name not in definitions:
+            problems.append(f"no service {name} (the services: {', '.join(definitions)})")
+        elif not isinstance(fields, Mapping):
+            problems.append(f"{name}: not a dictionary of fields but {fields!r}")
+        else:
+            problems += [f"{name}: no field {field} (its fields: {', '.join(definitions[name])})"
+                         for field in fields if field not in definitions[name]]
+    return problems
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "aie_client_addresses": aie_client_addresses,
+            "aie_confinement": aie_confinement,
+            "aie_override_problems": aie_override_problems,
             "aie_endpoints": aie_endpoints,
             "aie_endpoints_of": aie_endpoints_of,
             "aie_hosted": aie_hosted,

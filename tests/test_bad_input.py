@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PROJECT, aie, ansible_playbook, behind_a_context, containers, docker_answers, run, write_vars
+from conftest import (
+    PROJECT,
+    aie,
+    ansible_playbook,
+    behind_a_context,
+    containers,
+    docker_answers,
+    run,
+    write_local_inventory,
+    write_vars,
+)
 
 PREFIX = "aiebad"
 
@@ -180,14 +190,30 @@ def test_an_engine_that_does_not_answer_is_named_by_its_socket(tmp_path: Path, d
 
 
 def test_a_bad_memory_limit_is_refused(tmp_path: Path) -> None:
-    output = deploy(tmp_path, aie_jupyterlab_memory="8 GB")
+    output = deploy(tmp_path, aie_service_overrides={"jupyterlab": {"memory": "8 GB"}})
     assert "The memory limit of jupyterlab is not a number with b, k, m or g" in output
+
+
+def test_a_bad_memory_limit_in_a_deprecated_setting_is_refused(tmp_path: Path) -> None:
+    # aie_jupyterlab_memory is still read, where no override sets JupyterLab's memory.
+    inventory = write_local_inventory(tmp_path / "inventory.yml", ("mlflow", "sftp", "minio", "jupyterlab"))
+    output = deploy(tmp_path, str(inventory), aie_jupyterlab_memory="8 GB", aie_mlflow_backend="sqlite")
+    assert "The memory limit of jupyterlab is not a number with b, k, m or g" in output
+
+
+def test_overrides_of_services_and_fields_that_do_not_exist_are_refused(tmp_path: Path) -> None:
+    output = " ".join(deploy(tmp_path, aie_service_overrides={"jupyter": {"memory": "4g"},
+                                                              "mlflow": {"mem": "4g", "memory": "4g"},
+                                                              "sftp": "4g"}).split())
+    assert "aie_service_overrides of localhost: no service jupyter (the services: mlflow, sftp, s3," in output
+    assert "; mlflow: no field mem (its fields: group, container, port," in output
+    assert "; sftp: not a dictionary of fields but '4g'." in output
 
 
 def test_memory_limits_beyond_the_engines_memory_are_refused(tmp_path: Path, docker_engine: None) -> None:
     # A JupyterLab limit of 1 TiB: more than this engine has, as 8g of 16.5 GiB was on an 8 GiB VM.
     engine = int(run(["docker", "info", "--format", "{{.MemTotal}}"], timeout=60).stdout)
-    output = " ".join(deploy(tmp_path, aie_jupyterlab_memory="1024g").split())
+    output = " ".join(deploy(tmp_path, aie_service_overrides={"jupyterlab": {"memory": "1024g"}}).split())
     assert "The memory limits of the containers on localhost add up to" in output
     assert "jupyterlab 1024g" in output and "mlflow " in output and "backup " in output
     assert f"more than the {round(engine / 2**30, 1)} GiB of memory its Docker engine has" in output

@@ -78,3 +78,19 @@ def test_a_missing_tool_fails_its_test_except_on_macos(monkeypatch: pytest.Monke
     with pytest.raises(pytest.skip.Exception, match="OpenSSH's server: not on this Mac"):
         require(False, "OpenSSH's server")
     require(True, "OpenSSH's server")
+
+
+def test_an_override_changes_one_field_of_one_service(tmp_path: Path) -> None:
+    # The local inventory's overrides give JupyterLab 2560m; this one 16g, and nothing else changes.
+    override = {"jupyterlab": {"memory": "16g"}}
+    runs: dict[str, dict[str, object]] = {"default": {}, "changed": {"aie_service_overrides": override}}
+    for name in runs:
+        (tmp_path / name).mkdir()
+    default, changed = (computed("[aie_services, aie_container_security]", tmp_path / name, **settings)
+                        for name, settings in runs.items())
+    assert default[0]["jupyterlab"]["memory"] == "2560m" and changed[0]["jupyterlab"]["memory"] == "16g"
+    assert changed[1]["jupyterlab"]["memory"] == "16g"
+    assert {**changed[0]["jupyterlab"], "memory": "2560m"} == default[0]["jupyterlab"]
+    assert changed[0]["jupyterlab"]["port"] == 8888 and changed[0]["jupyterlab"]["confinement"]["home_size"] == "2g"
+    # Extra vars replace the inventory's overrides whole: the other services are back at their defaults.
+    assert changed[0]["mlflow"]["memory"] == "2g" and default[0]["mlflow"]["memory"] == "1536m"

@@ -94,7 +94,7 @@ def test_the_multi_host_example_shows_every_port_setting_with_its_default() -> N
     example = (PROJECT / "inventory/multi-host/group_vars/aie.yml").read_text()
     shown = yaml.safe_load("\n".join(line[2:] for line in example.splitlines()
                                      if line.startswith("# aie_") and "_port:" in line))
-    ports = [service["port_setting"] for service in settings["aie_services"].values()]
+    ports = [service["port_setting"] for service in settings["aie_service_definitions"].values()]
     assert shown == {name: settings[name] for name in ports}
 
 
@@ -132,7 +132,7 @@ def test_one_off_containers_are_confined_like_their_service() -> None:
 def test_internal_ports_are_written_only_in_the_registry() -> None:
     # Each service's port inside the Docker network is aie_services' `port`; the roles pass it
     # into commands, configs and environments, and no role, Dockerfile or script writes it again.
-    services = yaml.safe_load((PROJECT / "group_vars/all/services.yml").read_text())["aie_services"]
+    services = yaml.safe_load((PROJECT / "group_vars/all/services.yml").read_text())["aie_service_definitions"]
     ports = {str(service["port"]) for service in services.values()}
     written = []
     for path in sorted(p for p in (PROJECT / "roles").rglob("*") if p.is_file()):
