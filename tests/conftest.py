@@ -118,21 +118,22 @@ def containers(prefix: str) -> list[str]:
     return [name for name in out if name.startswith(f"{prefix}-")]
 
 
-def s3_client(keys: Path, account: str = "s3_client") -> Any:
-    """A boto3 client of the end-to-end stack's S3 server (HTTPS, checked against the stack's CA)
-    with boto3's defaults, signed in with the generated keys of the artifact clients' account
-    (s3_client) or of the server's own (s3)."""
+def s3_client(keys: Path, account: str = "s3_client", port: int = PORTS["aie_s3_port"],
+              region: str = "us-east-1") -> Any:
+    """A boto3 client of a stack's S3 server (the end-to-end stack's unless another port is given;
+    HTTPS, checked against the stack's CA) with boto3's defaults, signed in with the generated keys
+    of the artifact clients' account (s3_client) or of the server's own (s3)."""
     import boto3
     from botocore.config import Config
 
     secrets = keys / "secrets"
     return boto3.client(
         "s3",
-        endpoint_url=f"https://127.0.0.1:{PORTS['aie_s3_port']}",
+        endpoint_url=f"https://127.0.0.1:{port}",
         verify=str(tls_ca(keys)),
         aws_access_key_id=(secrets / f"{account}_access_key").read_text().split()[0],
         aws_secret_access_key=(secrets / f"{account}_secret_key").read_text().split()[0],
-        region_name="us-east-1",
+        region_name=region,
         config=Config(s3={"addressing_style": "path"}),
     )
 

@@ -33,10 +33,10 @@ from conftest import aie, ansible_playbook, run, wait_for_s3, write_vars
 PREFIX = "aiex"
 SERVER = "aiex-s3"
 VOLUME = "aiex-s3-data"
-PORT = 39190
+PORT = 27190
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 BUCKET = "aiex-models"
-TLS_PORT = 39191
+TLS_PORT = 27191
 
 
 def _key(alphabet: str, length: int) -> str:

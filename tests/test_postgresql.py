@@ -39,15 +39,18 @@ from conftest import (
     http_status,
     mlflow_admin,
     run,
+    s3_client,
     tls_ca,
     write_local_inventory,
     write_vars,
 )
 
 PREFIX = "aiepg"
-PORTS = {"aie_mlflow_port": 35500, "aie_sftp_port": 32222, "aie_s3_port": 39000,
-         "aie_jupyterlab_port": 38888, "aie_serving_port": 35001, "aie_database_port": 35432}
+PORTS = {"aie_mlflow_port": 26500, "aie_sftp_port": 26222, "aie_s3_port": 26000,
+         "aie_jupyterlab_port": 26888, "aie_serving_port": 26001, "aie_database_port": 26432}
 URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
+# This deployment's S3 region: not the default one, which every other deployment of the tests has.
+REGION = "eu-central-1"
 DATABASE = f"{PREFIX}-database"
 # The previous deployment: MLflow's images at the previous release, and no JupyterLab or serving.
 PREVIOUS_IMAGES = {"aie_python_image": "aie-prev/python:latest", "mlflow_image": "aie-prev/mlflow:latest"}
@@ -60,7 +63,7 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     keys = work / "keys"
     settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), **ENGINE_SETTINGS,
                 "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
-                "aie_mlflow_backend": "postgresql", **PORTS}
+                "aie_mlflow_backend": "postgresql", "aie_s3_region": REGION, **PORTS}
     extra = write_vars(work / "vars.json", settings)
     leftovers = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
@@ -178,6 +181,19 @@ def test_the_upgrade_backed_up_migrated_and_kept_every_run_and_model(pg_stack: d
     assert mlflow.get_model_version_by_alias("upgrade-drill", "champion").run_id == pg_stack["logged"]
     # The whole inventory is deployed now: JupyterLab joined with the upgrade.
     assert f"{PREFIX}-jupyterlab" in containers(PREFIX)
+
+
+def test_the_bucket_is_in_the_region_the_settings_name(pg_stack: dict[str, Any]) -> None:
+    # The S3 server's region is aie_s3_region: the bucket is made there, and the artifact clients,
+    # who sign their requests for it, write and read there.
+    server = s3_client(pg_stack["keys"], "s3", port=PORTS["aie_s3_port"], region=REGION)
+    assert server.get_bucket_location(Bucket="ai-models")["LocationConstraint"] == REGION
+    artifacts = s3_client(pg_stack["keys"], port=PORTS["aie_s3_port"], region=REGION)
+    artifacts.put_object(Bucket="ai-models", Key="region-probe", Body=b"eu")
+    try:
+        assert artifacts.get_object(Bucket="ai-models", Key="region-probe")["Body"].read() == b"eu"
+    finally:
+        artifacts.delete_object(Bucket="ai-models", Key="region-probe")
 
 
 def test_postgresql_refuses_plain_connections_wrong_passwords_and_other_databases(pg_stack: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ from conftest import PROJECT, run, wait_for_s3
 OLD, NEW, VOLUME = "aiedb-dbstore", "aiedb-s3", "aiedb-s3-data"
 # The engine's confinement as deployments read it.
 SECURITY = yaml.safe_load((PROJECT / "roles/minio/defaults/main.yml").read_text())["minio_engines"]["rgw"]["security"]
-OLD_PORT, NEW_PORT = 39194, 39195
+OLD_PORT, NEW_PORT = 27194, 27195
 BUCKET = "ai-models"
 MiB = 1 << 20
 SMALL = "1/a0a0a0a0a0a0a0a0/artifacts/params.json"

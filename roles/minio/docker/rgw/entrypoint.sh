@@ -208,6 +208,17 @@ if [ -n "$S3_READER_ACCESS_KEY" ] && [ -n "$S3_READER_SECRET_KEY" ]; then
     s3_user aie-reader S3_READER_ACCESS_KEY S3_READER_SECRET_KEY
 fi
 
+# The zonegroup's API name is the region buckets are made in: RGW refuses a bucket whose location
+# constraint names another. The role gives aie_s3_region (the tests' stand-ins give none).
+if [ -n "${S3_REGION:-}" ]; then
+    region=$(timeout 120 radosgw-admin zonegroup get --rgw-zonegroup=default \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin).get("api_name", ""))')
+    if [ "$region" != "$S3_REGION" ]; then
+        timeout 120 radosgw-admin zonegroup modify --rgw-zonegroup=default --api-name="$S3_REGION" >/dev/null
+        log "the region of the buckets (the zonegroup's API name) is $S3_REGION"
+    fi
+fi
+
 # Objects of the former dbstore engine are copied in before S3 answers on its port: at every
 # start that finds its files still at the volume's top, since a migration that stopped midway
 # (the container killed, the host down) goes on where it stopped.
