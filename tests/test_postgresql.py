@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -301,6 +302,28 @@ def test_a_load_that_did_not_finish_is_done_again_and_the_dumps_are_kept(pg_stac
     assert psql("SELECT count(*) FROM runs") == runs
     assert run(["docker", "start", f"{PREFIX}-mlflow"], timeout=120).returncode == 0
     until(lambda: http_status(f"{URL}/health", cafile=tls_ca(pg_stack["keys"])) == 200, "MLflow", since)
+
+
+def test_status_reports_a_stopped_database_down(pg_stack: dict[str, Any]) -> None:
+    # PostgreSQL speaks no HTTP and sends no banner: its probe is an open port, which a stopped
+    # server does not have.
+    since = time.time()
+    assert run(["docker", "stop", f"{PREFIX}-mlflow", DATABASE], timeout=120).returncode == 0
+    try:
+        down = aie("status", "-e", pg_stack["extra"], timeout=300)
+    finally:
+        assert run(["docker", "start", DATABASE], timeout=120).returncode == 0
+        ready = ["docker", "exec", "-u", "postgres", DATABASE, "pg_isready", "-q"]
+        until(lambda: run(ready, timeout=60).returncode == 0, "the server", since)
+        assert run(["docker", "start", f"{PREFIX}-mlflow"], timeout=120).returncode == 0
+        until(lambda: http_status(f"{URL}/health", cafile=tls_ca(pg_stack["keys"])) == 200, "MLflow", since)
+    assert down.returncode == 1, down.stdout + down.stderr
+    database = rf"^database\s+DOWN\s+postgresql://\S+:{PORTS['aie_database_port']}"
+    assert re.search(database, down.stdout, re.M), down.stdout
+    assert re.search(r"^sftp\s+healthy\s", down.stdout, re.M), down.stdout
+    again = aie("status", "-e", pg_stack["extra"], timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert re.search(r"^database\s+healthy\s+postgresql://", again.stdout, re.M), again.stdout
 
 
 def test_a_second_up_changes_nothing(pg_stack: dict[str, Any]) -> None:
