@@ -167,7 +167,7 @@ def _serve(project_dir: Path, inventory: Path, extra: list[str], args: argparse.
     chosen = {"serving_model_name": args.model, "serving_model_alias": args.alias}
     settings = {name: value for name, value in chosen.items() if value is not None}
     extra += ["-e", json.dumps({**settings, "serving_required": True})]
-    return _deploy("playbooks/serving.yml", project_dir, inventory, extra, args)
+    return _deploy("playbooks/serve.yml", project_dir, inventory, extra, args)
 
 
 def _run(

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import (
+    BIN,
     PROJECT,
     aie,
     ansible_playbook,
@@ -330,3 +331,22 @@ def test_a_bad_database_setting_is_refused(tmp_path: Path, settings: dict[str, o
     output = deploy(tmp_path, **settings)
     assert shown in output
     assert "Abcdefghijklmnopqrstuvwxyz1234" not in output
+
+
+def test_the_service_role_refuses_to_run_without_the_hosts_state(tmp_path: Path) -> None:
+    # A play that deploys a service without importing playbooks/discover.yml would treat every
+    # container as new and every MLflow database as unknown: the service role stops it, naming
+    # what to import, before it touches anything.
+    playbook = tmp_path / "deploy.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Deploy MLflow without reading the hosts' state", "hosts": "localhost", "gather_facts": False,
+        "tasks": [{"name": "Run the container",
+                   "ansible.builtin.include_role": {"name": "service", "tasks_from": "container"},
+                   "vars": {"service_name": "mlflow", "service_image": "aie/mlflow"}}],
+    }]))
+    result = run([str(BIN / "ansible-playbook"), str(playbook)], timeout=120,
+                 extra_env={"ANSIBLE_ROLES_PATH": str(PROJECT / "roles")})
+    assert result.returncode == 2, result.stdout[-2000:]
+    refusal = "localhost has no aie_host_state: the service role (mlflow) runs after playbooks/discover.yml"
+    assert refusal in result.stdout
+    assert "changed=0" in result.stdout

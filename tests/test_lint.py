@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,21 +113,45 @@ CONFINEMENT = ("user", "cap_drop", "security_opts", "memory", "read_only", "tmpf
                "log_options")
 
 
-def test_one_off_containers_are_confined_like_their_service() -> None:
-    def confinement(task: dict[str, Any]) -> dict[str, str]:
-        module = task["community.docker.docker_container"]
-        return {key: str(module.get(key)).replace(" or omit }}", " }}") for key in CONFINEMENT}
-
-    containers = [task for path in sorted(PROJECT.glob("roles/*/tasks/*.yml"))
+def test_every_container_of_a_service_image_is_created_by_one_task() -> None:
+    # The service's own container and its one-off containers (MLflow's schema and admin steps) are
+    # all created by roles/service/tasks/run.yml, so none is confined less than the service; no
+    # other role reads the service role's private variables to make one of its own.
+    containers = {(str(path.relative_to(PROJECT)), task["name"])
+                  for path in sorted(PROJECT.glob("roles/*/tasks/*.yml"))
                   for task in tasks_of(yaml.safe_load(path.read_text()) or [])
-                  if "community.docker.docker_container" in task]
-    service = next(task for task in containers if task["name"] == "Run the container {{ __service_def.container }}")
-    # The one-off containers of a service's image that run as its user (MLflow's schema and admin steps).
-    one_offs = [task for task in containers if task is not service
-                and task["community.docker.docker_container"].get("user") == "{{ __service_user }}"]
-    assert len(one_offs) >= 2
-    assert {task["name"]: confinement(task) for task in one_offs} == {task["name"]: confinement(service)
-                                                                       for task in one_offs}
+                  if "{{ __service_user" in str(task.get("community.docker.docker_container", {}).get("user"))}
+    assert containers == {("roles/service/tasks/run.yml", "Run the container {{ __service_run.name }}")}
+    private = [f"{path.relative_to(PROJECT)}:{number}" for path in sorted(PROJECT.glob("roles/*/**/*"))
+               if path.is_file() and path.suffix in (".yml", ".j2")
+               and not path.is_relative_to(PROJECT / "roles/service")
+               for number, line in enumerate(path.read_text().splitlines(), 1) if "__service_" in line]
+    assert private == []
+    run = next(task for task in tasks_of(yaml.safe_load((PROJECT / "roles/service/tasks/run.yml").read_text()))
+               if "community.docker.docker_container" in task)["community.docker.docker_container"]
+    assert set(CONFINEMENT) <= set(run)
+
+
+def test_every_command_that_deploys_reads_the_hosts_state_first() -> None:
+    # The service role needs aie_host_state (playbooks/discover.yml): every playbook the CLI runs
+    # that deploys a container imports discover.yml before the play that does.
+    def chain(playbook: Path) -> list[str]:
+        names = [playbook.name]
+        for play in yaml.safe_load(playbook.read_text()):
+            if "ansible.builtin.import_playbook" in play:
+                names += chain(playbook.parent / play["ansible.builtin.import_playbook"])
+        return names
+
+    deploying = {"backup_server.yml", "backup_agents.yml"} | set(chain(PROJECT / "playbooks/services.yml")[1:])
+    commands = set(re.findall(r'"((?:playbooks/)?[a-z_]+\.yml)"', (PROJECT / "aie/cli.py").read_text()))
+    assert {"site.yml", "playbooks/serve.yml", "playbooks/restore.yml"} <= commands
+    late = {}
+    for command in sorted(commands):
+        names = chain(PROJECT / command)
+        first = next((index for index, name in enumerate(names) if name in deploying), None)
+        if first is not None and "discover.yml" not in names[:first]:
+            late[command] = names[first]
+    assert late == {}
 
 
 def test_internal_ports_are_written_only_in_the_registry() -> None:
