@@ -53,7 +53,7 @@ def clean() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="debian:trixie-slim", help="the fresh machine's system")
-    parser.add_argument("--engine", default="", help="minio_engine (default: none named, as make up has it)")
+    parser.add_argument("--engine", default="", help="s3_engine (default: none named, as make up has it)")
     parser.add_argument("--keep", action="store_true", help="leave the container for a look")
     args = parser.parse_args()
     clean()
@@ -72,7 +72,7 @@ def main() -> None:
         archive = subprocess.run(["git", "archive", "HEAD"], cwd=PROJECT, check=True, capture_output=True).stdout
         sh("docker", "exec", "-i", NAME, "sh", "-c", "mkdir -p /root/aie && tar -x -C /root/aie",
            input=archive.decode("latin-1"))
-        engine = f"minio_engine: {args.engine}\n" if args.engine else ""
+        engine = f"s3_engine: {args.engine}\n" if args.engine else ""
         sh("docker", "exec", "-i", NAME, "sh", "-c", "cat > /root/cold.yml", input=VARS + engine)
         started = time.perf_counter()
         done = sh("docker", "exec", "-w", "/root/aie", NAME, "make", "up",
@@ -91,7 +91,7 @@ def main() -> None:
         if again.returncode != 0 or "changed=0" not in again.stdout:
             sys.exit(f"the second aie up changed something or failed: {(again.stdout + again.stderr).strip()}")
         verdict = "ok" if seconds <= TARGET else "over"
-        print(f"{'command':<12} {'time':>8} {'target':>8}   (fresh machine, minio_engine={args.engine or 'not set'})")
+        print(f"{'command':<12} {'time':>8} {'target':>8}   (fresh machine, s3_engine={args.engine or 'not set'})")
         print(f"{'make up':<12} {seconds:>7.0f}s {TARGET:>7.0f}s   {verdict}")
         took = [line for line in (log + again.stdout + again.stderr).splitlines() if re.match(r"aie: \S+ took", line)]
         print("\n".join(took))

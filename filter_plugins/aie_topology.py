@@ -4,7 +4,7 @@ This is the one place that computes service addresses. A service is reached thro
 Docker network (its container name and internal port) from hosts that share its Docker
 engine, and through its host's address and published port from every other host (and by
 people: `public`, what `aie status` shows). A service with an `external` URL (the S3 server
-with `minio_engine: external`) runs on no inventory host: every client reaches it at that URL.
+with `s3_engine: external`) runs on no inventory host: every client reaches it at that URL.
 A service with `tls` set serves HTTPS: its endpoints carry an https `url`, and its host's
 certificate names every host and address clients use for it (`aie_tls_names`).
 """

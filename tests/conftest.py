@@ -29,11 +29,12 @@ PORTS = {
     "aie_mlflow_port": 15500, "aie_sftp_port": 12222, "aie_s3_port": 19000,
     "aie_jupyterlab_port": 18888, "aie_serving_port": 15001,
 }
-# The S3 engine the tests deploy: the one a user gets by naming none (minio_default_engine), unless
+# The S3 engine the tests deploy: the one a user gets by naming none (s3_default_engine, written
+# as the fallback of its former name minio_default_engine), unless
 # AIE_TEST_S3_ENGINE names another; ENGINE_SETTINGS is what the tests pass for it.
-ENGINE_SETTINGS = {"minio_engine": os.environ["AIE_TEST_S3_ENGINE"]} if os.environ.get("AIE_TEST_S3_ENGINE") else {}
-ENGINE = str(ENGINE_SETTINGS.get("minio_engine") or yaml.safe_load(
-    (PROJECT / "roles/minio/defaults/main.yml").read_text())["minio_default_engine"])
+ENGINE_SETTINGS = {"s3_engine": os.environ["AIE_TEST_S3_ENGINE"]} if os.environ.get("AIE_TEST_S3_ENGINE") else {}
+ENGINE = str(ENGINE_SETTINGS.get("s3_engine") or yaml.safe_load(
+    (PROJECT / "roles/s3/defaults/main.yml").read_text())["s3_default_engine"].split("'")[1])
 # The end-to-end stack's MLflow, over HTTPS (its CA: tls_ca(keys)).
 MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
 # MLflow's release pinned for the images, and the previous one the upgrade drills start from: the
@@ -254,10 +255,10 @@ def earlier_release(commit: str, target: Path) -> dict[str, object]:
     requirements = target / "roles/python_image/docker/requirements.txt"
     requirements.write_text("".join(f"mlflow=={PREVIOUS_MLFLOW}\n" if line.startswith("mlflow") else line
                                     for line in requirements.read_text().splitlines(keepends=True)))
-    engines = yaml.safe_load((target / "roles/minio/defaults/main.yml").read_text())["minio_engines"]
+    engines = yaml.safe_load((target / "roles/s3/defaults/main.yml").read_text())["s3_builtin_engines"]
     engines["rgw"]["image"] = f"aie-{commit}/rgw:latest"
     images = {name: f"aie-{commit}/{image}:latest" for name, image in RELEASE_IMAGES.items()}
-    return {"minio_engines": engines, **images}
+    return {"s3_engines": engines, **images}
 
 
 def write_local_inventory(path: Path, groups: Sequence[str]) -> Path:
@@ -416,7 +417,7 @@ def rgw_test_image(common_image: None, tmp_path_factory: pytest.TempPathFactory)
     once either was built. Its context as the deployment assembles it: the role's folder, and
     the engine's `sources` from aie/ in src/."""
     context = tmp_path_factory.mktemp("rgw-context") / "rgw"
-    shutil.copytree(PROJECT / "roles/minio/docker/rgw", context)
+    shutil.copytree(PROJECT / "roles/s3/docker/rgw", context)
     (context / "src").mkdir()
     shutil.copy(PROJECT / "aie" / "s3_check.py", context / "src")
     with building(tmp_path_factory):
@@ -432,7 +433,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
     keys = work / "keys"
     # The smallest rgw store: backups and restores read its whole BlueStore file.
     settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), **ENGINE_SETTINGS,
-                "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
+                "s3_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
                 # A user of the inventory, with a generated password: may log runs in one experiment.
                 "mlflow_users": [{"name": "alice", "permissions": {"notebooks-s3": "EDIT"}}], **PORTS}
     extra = write_vars(work / "vars.json", settings)

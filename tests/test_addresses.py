@@ -18,7 +18,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 SERVICES = {
     "mlflow": {"group": "mlflow", "container": "aie-mlflow", "port": 5000, "published_port": 5500},
     "sftp": {"group": "sftp", "container": "aie-sftp", "port": 22, "published_port": 2222},
-    "s3": {"group": "minio", "container": "aie-minio", "port": 9000, "published_port": 9000},
+    "s3": {"group": "s3", "container": "aie-s3", "port": 9000, "published_port": 9000},
 }
 
 
@@ -29,7 +29,7 @@ def aie_filters() -> ModuleType:
 
 def test_one_host_uses_the_docker_network(aie_filters: ModuleType) -> None:
     hostvars = {"localhost": {"ansible_connection": "local"}}
-    groups = {"mlflow": ["localhost"], "sftp": ["localhost"], "minio": ["localhost"]}
+    groups = {"mlflow": ["localhost"], "sftp": ["localhost"], "s3": ["localhost"]}
     endpoints = aie_filters.aie_endpoints(SERVICES, "localhost", hostvars, groups)
     assert endpoints["sftp"] == {
         "server": "localhost", "host": "aie-sftp", "port": 22, "from_host": {"host": "127.0.0.1", "port": 2222},
@@ -44,7 +44,7 @@ def test_separate_hosts_use_address_and_published_port(aie_filters: ModuleType) 
         "s1": {"ansible_host": "10.1.0.11"},
         "o1": {"ansible_host": "10.1.0.12", "aie_advertised_address": "s3.example.org"},
     }
-    groups = {"mlflow": ["m1"], "sftp": ["s1"], "minio": ["o1"]}
+    groups = {"mlflow": ["m1"], "sftp": ["s1"], "s3": ["o1"]}
     endpoints = aie_filters.aie_endpoints(SERVICES, "m1", hostvars, groups)
     assert endpoints["mlflow"]["host"] == "aie-mlflow" and endpoints["mlflow"]["port"] == 5000
     assert endpoints["mlflow"]["from_host"] == {"host": "127.0.0.1", "port": 5500}
@@ -65,7 +65,7 @@ def test_https_services_have_https_urls_and_certificates_that_name_every_client_
     }
     hostvars = {"m1": {"ansible_host": "10.1.0.10", "aie_advertised_address": "mlflow.example.org"},
                 "j1": {"ansible_host": "10.1.0.11"}, "o1": {"ansible_host": "10.1.0.12"}}
-    groups = {"aie": ["m1", "j1", "o1"], "mlflow": ["m1"], "sftp": ["m1"], "minio": ["o1"], "jupyterlab": ["j1"]}
+    groups = {"aie": ["m1", "j1", "o1"], "mlflow": ["m1"], "sftp": ["m1"], "s3": ["o1"], "jupyterlab": ["j1"]}
     from_j1 = aie_filters.aie_endpoints(services, "j1", hostvars, groups)
     assert from_j1["mlflow"]["url"] == "https://mlflow.example.org:5500"
     assert from_j1["mlflow"]["from_host"]["url"] == "https://mlflow.example.org:5500"
@@ -104,8 +104,8 @@ def test_volume_mounts_carry_the_prefix(aie_filters: ModuleType) -> None:
 def test_an_external_service_is_reached_at_its_url_from_every_host(aie_filters: ModuleType) -> None:
     services = {**SERVICES, "s3": {**SERVICES["s3"], "external": "https://s3.example.org:8443/"}}
     hostvars = {"m1": {"ansible_host": "10.1.0.10"}, "j1": {"ansible_connection": "local"}}
-    # No host in the minio group: the external service needs none.
-    groups = {"mlflow": ["m1"], "sftp": ["m1"], "minio": [], "jupyterlab": ["j1"]}
+    # No host in the s3 group: the external service needs none.
+    groups = {"mlflow": ["m1"], "sftp": ["m1"], "s3": [], "jupyterlab": ["j1"]}
     for client in ("m1", "j1"):
         s3 = aie_filters.aie_endpoints(services, client, hostvars, groups)["s3"]
         address = {"host": "s3.example.org", "port": 8443, "url": "https://s3.example.org:8443"}
@@ -113,8 +113,8 @@ def test_an_external_service_is_reached_at_its_url_from_every_host(aie_filters: 
     plain = {"s3": {**SERVICES["s3"], "external": "http://ceph-rgw.lan"}}
     assert aie_filters.aie_endpoints(plain, "m1", hostvars, groups)["s3"]["port"] == 80
     assert aie_filters.aie_required_groups(services) == ["mlflow", "sftp"]
-    assert aie_filters.aie_required_groups(SERVICES) == ["mlflow", "sftp", "minio"]
-    assert aie_filters.aie_hosted(services, ["minio", "mlflow"]) == ["mlflow"]
+    assert aie_filters.aie_required_groups(SERVICES) == ["mlflow", "sftp", "s3"]
+    assert aie_filters.aie_hosted(services, ["s3", "mlflow"]) == ["mlflow"]
     with pytest.raises(ValueError, match="not an http"):
         aie_filters.aie_endpoints({"s3": {**SERVICES["s3"], "external": "s3.example.org"}}, "m1", hostvars, groups)
 
@@ -126,7 +126,7 @@ def test_an_external_service_is_reached_at_its_url_from_every_host(aie_filters: 
 def test_every_client_is_given_the_external_endpoint(inventory: str, hosts: set[str], tmp_path: Path) -> None:
     """The clients' environment and files as Ansible computes them from group_vars (no host is contacted)."""
     url = "https://s3.internal.example:7480"
-    settings = {"minio_engine": "external", "aie_s3_endpoint": url, "aie_s3_region": "eu-central-1",
+    settings = {"s3_engine": "external", "aie_s3_endpoint": url, "aie_s3_region": "eu-central-1",
                 "aie_s3_ca_bundle": "/etc/ssl/private-ca.pem", "aie_keys_dir": str(tmp_path / "keys"),
                 "aie_s3_access_key": "A" * 20, "aie_s3_secret_key": "b" * 40}
     vars_file = tmp_path / "vars.json"
@@ -134,7 +134,7 @@ def test_every_client_is_given_the_external_endpoint(inventory: str, hosts: set[
     shown = "{{ {'env': aie_artifact_client_env, 'files': aie_artifact_files.client, 'volumes': aie_host_volumes," \
             " 'endpoint': aie_endpoints.s3} | to_json }}"
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible"), "-i", inventory, "mlflow:jupyterlab:serving:minio",
+        [str(Path(sys.executable).parent / "ansible"), "-i", inventory, "mlflow:jupyterlab:serving:s3",
          "-m", "ansible.builtin.debug", "-a", f"msg={shown}", "-e", f"@{vars_file}", "-o"],
         cwd=PROJECT, capture_output=True, text=True, timeout=300, check=False,
         env=dict(os.environ, ANSIBLE_NOCOLOR="1"),

@@ -179,15 +179,15 @@ def proxy() -> ModuleType:
 def test_the_docker_proxy_lets_through_only_the_backups_calls(proxy: ModuleType) -> None:
     # What the deployment gives it on a host with the object store and PostgreSQL.
     dump_rule = {"container": "aie-database", "command": ["aie-database", "dump"], "user": "postgres"}
-    rules = proxy.Rules({"pause": ["aie-minio"], "exec": [dump_rule]})
-    assert rules.container("/containers/aie-minio/pause", "pause") == "aie-minio"
-    assert rules.container("/containers/aie-minio/pause?x=1", "pause") is None
+    rules = proxy.Rules({"pause": ["aie-s3"], "exec": [dump_rule]})
+    assert rules.container("/containers/aie-s3/pause", "pause") == "aie-s3"
+    assert rules.container("/containers/aie-s3/pause?x=1", "pause") is None
     assert rules.container("/containers/..%2Fx/pause", "pause") is None
-    assert rules.container("/v1.45/containers/aie-minio/pause", "pause") is None
+    assert rules.container("/v1.45/containers/aie-s3/pause", "pause") is None
     dump = {"Cmd": ["aie-database", "dump"], "User": "postgres", "AttachStdout": True, "AttachStderr": True}
     assert rules.exec_allowed("aie-database", json.dumps(dump).encode())
     refused = {
-        "another container": ("aie-minio", dump),
+        "another container": ("aie-s3", dump),
         "another command": ("aie-database", {**dump, "Cmd": ["sh", "-c", "id"]}),
         "another user": ("aie-database", {**dump, "User": "root"}),
         "privileged": ("aie-database", {**dump, "Privileged": True}),

@@ -122,18 +122,18 @@ def test_reader_keys_equal_to_the_clients_are_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_engine_is_refused(tmp_path: Path) -> None:
-    output = deploy(tmp_path, minio_engine="ceph")
-    assert "minio_engine" in output and "ceph" in output
+    output = deploy(tmp_path, s3_engine="ceph")
+    assert "s3_engine" in output and "ceph" in output
 
 
 def test_an_engine_whose_image_cannot_be_had_is_refused_at_once(tmp_path: Path, docker_engine: None) -> None:
     engines = {"minio": {"image": "registry.invalid/aie/no-such-s3:1", "build": False, "command": [], "env": {},
                          "data": "/data", "client_account": "mc", "ceph": False}}
     started = time.perf_counter()
-    output = deploy(tmp_path, minio_engine="minio", minio_engines=engines)
+    output = deploy(tmp_path, s3_engine="minio", s3_engines=engines)
     print(f"refused in {time.perf_counter() - started:.1f} s")
-    assert "minio_engine=minio: the image registry.invalid/aie/no-such-s3:1 is not here and cannot be pulled" in output
-    assert "set minio_engine: rgw" in output
+    assert "s3_engine=minio: the image registry.invalid/aie/no-such-s3:1 is not here and cannot be pulled" in output
+    assert "set s3_engine: rgw" in output
 
 
 @pytest.fixture
@@ -152,27 +152,27 @@ def minio_store(docker_engine: None) -> Iterator[str]:
 def test_a_minio_store_keeps_minio_when_no_engine_is_named(tmp_path: Path, minio_store: str) -> None:
     # MinIO's image, as a machine with no registry has it: not here and not to be pulled. The run
     # chooses MinIO for the store (and so stops at its image), says why, and changes nothing.
-    engines = yaml.safe_load((PROJECT / "roles/minio/defaults/main.yml").read_text())["minio_engines"]
+    engines = yaml.safe_load((PROJECT / "roles/s3/defaults/main.yml").read_text())["s3_builtin_engines"]
     engines["minio"]["image"] = "registry.invalid/aie/minio:1"
     extra = write_vars(tmp_path / "vars.json", {"aie_name_prefix": PREFIX, "aie_keys_dir": str(tmp_path / "keys"),
-                                                "minio_engines": engines})
+                                                "s3_engines": engines})
     result = aie("up", "-e", extra, timeout=600)
     assert result.returncode != 0, result.stdout[-2000:]
     notes = [line for line in result.stderr.splitlines() if line.startswith("aie: note (localhost): ")]
     assert len(notes) == 1, result.stderr[-2000:]
-    assert (f"minio_engine is not set, and the S3 volume {minio_store} holds the data of minio_engine=minio: it keeps "
+    assert (f"s3_engine is not set, and the S3 volume {minio_store} holds the data of s3_engine=minio: it keeps "
             "running minio (the default engine of new stores is rgw)") in notes[0]
     last = result.stderr.strip().splitlines()[-1]
-    assert "minio_engine=minio: the image registry.invalid/aie/minio:1 is not here and cannot be pulled" in last
-    assert f"the S3 volume {minio_store} holds its data" in last and "set minio_engine: rgw" not in last
+    assert "s3_engine=minio: the image registry.invalid/aie/minio:1 is not here and cannot be pulled" in last
+    assert f"the S3 volume {minio_store} holds its data" in last and "set s3_engine: rgw" not in last
     assert containers(PREFIX) == []
     assert not (tmp_path / "keys" / "sftp_client_ed25519").exists()
 
 
 def test_a_minio_store_refuses_the_rgw_engine_by_name(tmp_path: Path, minio_store: str) -> None:
-    output = deploy(tmp_path, minio_engine="rgw")
-    assert (f"The S3 volume {minio_store} holds the data of minio_engine=minio, not of minio_engine=rgw: "
-            "set minio_engine: minio in your inventory") in output
+    output = deploy(tmp_path, s3_engine="rgw")
+    assert (f"The S3 volume {minio_store} holds the data of s3_engine=minio, not of s3_engine=rgw: "
+            "set s3_engine: minio in your inventory") in output
     assert "keeps running" not in output
 
 
@@ -197,7 +197,7 @@ def test_a_bad_memory_limit_is_refused(tmp_path: Path) -> None:
 
 def test_a_bad_memory_limit_in_a_deprecated_setting_is_refused(tmp_path: Path) -> None:
     # aie_jupyterlab_memory is still read, where no override sets JupyterLab's memory.
-    inventory = write_local_inventory(tmp_path / "inventory.yml", ("mlflow", "sftp", "minio", "jupyterlab"))
+    inventory = write_local_inventory(tmp_path / "inventory.yml", ("mlflow", "sftp", "s3", "jupyterlab"))
     output = deploy(tmp_path, str(inventory), aie_jupyterlab_memory="8 GB", aie_mlflow_backend="sqlite")
     assert "The memory limit of jupyterlab is not a number with b, k, m or g" in output
 
@@ -255,7 +255,7 @@ def test_a_missing_group_is_named(tmp_path: Path) -> None:
         + "  hosts:\n    localhost:\n      ansible_connection: local\n"
     )
     output = deploy(tmp_path, inventory=str(inventory))
-    assert "no host in group(s) minio" in output
+    assert "no host in group(s) s3" in output
 
 
 def test_a_bad_experiment_list_is_refused(tmp_path: Path) -> None:
@@ -275,15 +275,15 @@ def test_a_bad_backup_schedule_is_refused(tmp_path: Path, schedule: str) -> None
      ("ftp://s3.example.org", 'aie_s3_endpoint="ftp://s3.example.org":')],
 )
 def test_external_engine_needs_an_http_endpoint(tmp_path: Path, endpoint: str, shown: str) -> None:
-    output = deploy(tmp_path, minio_engine="external", aie_s3_endpoint=endpoint)
-    assert shown in output and "minio_engine: external needs the URL of your S3 service" in output
+    output = deploy(tmp_path, s3_engine="external", aie_s3_endpoint=endpoint)
+    assert shown in output and "s3_engine: external needs the URL of your S3 service" in output
 
 
 @pytest.mark.parametrize("bundle", ["{tmp}/no-such-ca.pem", "ca.pem", "{tmp}/not-a-certificate.pem"])
 def test_external_engine_refuses_a_missing_ca_bundle(tmp_path: Path, bundle: str) -> None:
     (tmp_path / "not-a-certificate.pem").write_text("not a certificate\n")
     path = bundle.format(tmp=tmp_path)
-    output = deploy(tmp_path, minio_engine="external", aie_s3_endpoint="https://s3.example.org", aie_s3_ca_bundle=path)
+    output = deploy(tmp_path, s3_engine="external", aie_s3_endpoint="https://s3.example.org", aie_s3_ca_bundle=path)
     assert f"aie_s3_ca_bundle={path}: no PEM certificate file at this path" in output
 
 

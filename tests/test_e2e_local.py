@@ -77,7 +77,7 @@ def logged(stack: dict[str, Any]) -> dict[str, Any]:
 def test_every_container_runs(stack: dict[str, Any]) -> None:
     # Serving joins once a model is registered (tests/test_notebook_e2e.py may have run first).
     names = set(containers(PREFIX)) - {f"{PREFIX}-serving"}
-    assert names == {f"{PREFIX}-{name}" for name in ("mlflow", "sftp", "minio", "jupyterlab", "backup", "docker-proxy")}
+    assert names == {f"{PREFIX}-{name}" for name in ("mlflow", "sftp", "s3", "jupyterlab", "backup", "docker-proxy")}
     # The S3 store runs the engine asked for, the default one unless AIE_TEST_S3_ENGINE names
     # another, and its volume records it.
     label = run(["docker", "volume", "inspect", "-f", '{{index .Labels "aie.s3-engine"}}', f"{PREFIX}-minio-data"])
@@ -209,7 +209,7 @@ def test_http_services_speak_only_https_with_the_deployments_ca(
     certificate = x509.load_pem_x509_certificate((keys / "tls" / "localhost.pem").read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(names.get_values_for_type(x509.DNSName)) == {
-        f"{PREFIX}-mlflow", f"{PREFIX}-jupyterlab", f"{PREFIX}-serving", f"{PREFIX}-minio", "localhost"}
+        f"{PREFIX}-mlflow", f"{PREFIX}-jupyterlab", f"{PREFIX}-serving", f"{PREFIX}-s3", "localhost"}
     assert {str(address) for address in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1"}
     # MLflow answers the same names only.
     command = run(["docker", "inspect", "-f", "{{json .Config.Cmd}}", f"{PREFIX}-mlflow"], timeout=60).stdout
@@ -222,7 +222,7 @@ def test_http_services_speak_only_https_with_the_deployments_ca(
     # Inside the clients' containers, MLflow and S3 are reached over HTTPS with that CA.
     names = ["MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_S3_ENDPOINT_URL", "AWS_CA_BUNDLE"]
     env = run(["docker", "exec", f"{PREFIX}-jupyterlab", "printenv", *names], timeout=60).stdout.split()
-    assert env == [f"https://{PREFIX}-mlflow:5000", "/etc/aie/tls/ca.pem", f"https://{PREFIX}-minio:9000",
+    assert env == [f"https://{PREFIX}-mlflow:5000", "/etc/aie/tls/ca.pem", f"https://{PREFIX}-s3:9000",
                    "/etc/aie/tls/ca.pem"]
 
 
@@ -287,7 +287,7 @@ def test_no_container_configuration_holds_a_secret(stack: dict[str, Any]) -> Non
             "secrets/mlflow_kek_passphrase", "secrets/mlflow_users/alice", "sftp_client_ed25519"} <= set(
                 generated_secrets(keys)), sorted(generated_secrets(keys))
     names = containers(PREFIX)
-    assert {f"{PREFIX}-{service}" for service in ("mlflow", "jupyterlab", "sftp", "minio", "backup")} <= set(names)
+    assert {f"{PREFIX}-{service}" for service in ("mlflow", "jupyterlab", "sftp", "s3", "backup")} <= set(names)
     for name in names:
         inspected = run(["docker", "inspect", name])
         assert inspected.returncode == 0, inspected.stderr
@@ -306,10 +306,10 @@ def test_no_container_configuration_holds_a_secret(stack: dict[str, Any]) -> Non
 # and the bit of each in /proc/<pid>/status. MLflow, JupyterLab and the rgw engine hold none.
 PYTHON_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"}
 SSHD_CAPS = PYTHON_CAPS | {"SYS_CHROOT", "NET_BIND_SERVICE"}
-CONFINED = {"mlflow": set(), "jupyterlab": set(), "sftp": SSHD_CAPS, "minio": set() if ENGINE == "rgw" else PYTHON_CAPS,
+CONFINED = {"mlflow": set(), "jupyterlab": set(), "sftp": SSHD_CAPS, "s3": set() if ENGINE == "rgw" else PYTHON_CAPS,
             "backup": PYTHON_CAPS - {"KILL"} | {"DAC_READ_SEARCH", "FSETID"}, "docker-proxy": set()}
 # Containers whose root file system is read-only (the rgw engine's S3 server; MinIO's is not).
-READ_ONLY = {"mlflow", "sftp", "docker-proxy"} | ({"minio"} if ENGINE == "rgw" else set())
+READ_ONLY = {"mlflow", "sftp", "docker-proxy"} | ({"s3"} if ENGINE == "rgw" else set())
 CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
             "SETUID": 7, "NET_BIND_SERVICE": 10, "SYS_CHROOT": 18}
 
@@ -351,8 +351,8 @@ def test_every_container_is_confined(stack: dict[str, Any]) -> None:
     # The S3 server's container runs as ceph (64045), its three daemons included, with no
     # capability at all.
     if ENGINE == "rgw":
-        assert set(assert_unprivileged(f"{PREFIX}-minio").values()) == {"64045"}
-        daemons = run(["docker", "exec", f"{PREFIX}-minio", "sh", "-c",
+        assert set(assert_unprivileged(f"{PREFIX}-s3").values()) == {"64045"}
+        daemons = run(["docker", "exec", f"{PREFIX}-s3", "sh", "-c",
                        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline | cut -d' ' -f1; done"]).stdout.split()
         assert {"ceph-mon", "ceph-osd", "radosgw"} <= set(daemons), daemons
 
@@ -380,11 +380,11 @@ def test_the_backups_reach_docker_only_through_a_proxy_that_allows_their_calls(s
     assert "/var/run/docker.sock" not in {mount["Source"] for mount in mounts}, mounts
     exec_body = {"Cmd": ["id"], "User": "root", "AttachStdout": True, "AttachStderr": True}
     calls = {
-        "the object store's state": ["GET", f"/containers/{PREFIX}-minio/json", None],
+        "the object store's state": ["GET", f"/containers/{PREFIX}-s3/json", None],
         "JupyterLab's configuration": ["GET", f"/containers/{PREFIX}-jupyterlab/json", None],
         "a new container": ["POST", "/containers/create",
                             {"Image": "aie/backup:latest", "HostConfig": {"Privileged": True}}],
-        "a command in the object store": ["POST", f"/containers/{PREFIX}-minio/exec", exec_body],
+        "a command in the object store": ["POST", f"/containers/{PREFIX}-s3/exec", exec_body],
         "the host's images": ["GET", "/images/json", None],
         "stopping MLflow": ["POST", f"/containers/{PREFIX}-mlflow/stop", None],
     }
@@ -529,13 +529,13 @@ def test_check_mode_on_a_new_deployment_changes_nothing(stack: dict[str, Any], t
 def test_switching_the_engine_on_existing_data_is_refused(stack: dict[str, Any]) -> None:
     other = "minio" if ENGINE == "rgw" else "rgw"
     started = time.perf_counter()
-    refused = aie("up", "-e", stack["extra"], "-e", f"minio_engine={other}", timeout=600)
+    refused = aie("up", "-e", stack["extra"], "-e", f"s3_engine={other}", timeout=600)
     print(f"refused in {time.perf_counter() - started:.1f} s")
     assert refused.returncode != 0
     last = refused.stderr.strip().splitlines()[-1]
     volume = f"{PREFIX}-minio-data"
-    assert f"The S3 volume {volume} holds the data of minio_engine={ENGINE}, not of minio_engine={other}" in last
+    assert f"The S3 volume {volume} holds the data of s3_engine={ENGINE}, not of s3_engine={other}" in last
     assert "aie down --purge" in last
     # Nothing changed: the S3 container still runs the engine that holds the data.
-    inspect = run(["docker", "inspect", "-f", "{{.Config.Image}} {{.State.Running}}", f"{PREFIX}-minio"], timeout=60)
+    inspect = run(["docker", "inspect", "-f", "{{.Config.Image}} {{.State.Running}}", f"{PREFIX}-s3"], timeout=60)
     assert inspect.stdout.split()[1] == "true" and ENGINE in inspect.stdout.split()[0], inspect.stdout

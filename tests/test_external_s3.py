@@ -1,6 +1,6 @@
-"""minio_engine: external against an S3 server started outside the stack (Ceph RADOS Gateway).
+"""s3_engine: external against an S3 server started outside the stack (Ceph RADOS Gateway).
 
-Only the S3 part is deployed (playbooks/validate.yml and playbooks/minio.yml, prefix aiex):
+Only the S3 part is deployed (playbooks/validate.yml and playbooks/s3.yml, prefix aiex):
 no S3 container or volume appears, the bucket is created on the external server (or, with keys
 that may not create buckets, found there or refused with one line), a second run changes nothing.
 """
@@ -76,14 +76,14 @@ def s3_server(rgw_test_image: str) -> Iterator[dict[str, dict[str, str]]]:
 
 
 def _settings(tmp_path: Path, keys: dict[str, str], **extra: object) -> str:
-    values = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(tmp_path / "keys"), "minio_engine": "external",
+    values = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(tmp_path / "keys"), "s3_engine": "external",
               "aie_s3_endpoint": ENDPOINT, "aie_s3_access_key": keys["access"],
               "aie_s3_secret_key": keys["secret"], "aie_s3_bucket": BUCKET, **extra}
     return write_vars(tmp_path / "vars.json", values)
 
 
 def _deploy(extra: str, *options: str, inventory: str = "inventory/local") -> tuple[int, str, int]:
-    result = ansible_playbook("-i", inventory, "playbooks/validate.yml", "playbooks/minio.yml", "-e", extra, *options)
+    result = ansible_playbook("-i", inventory, "playbooks/validate.yml", "playbooks/s3.yml", "-e", extra, *options)
     output = result.stdout + result.stderr
     changed = sum(int(n) for n in re.findall(r"changed=(\d+)", output))
     return result.returncode, output, changed
@@ -110,7 +110,7 @@ def test_no_s3_container_or_volume_and_the_bucket_is_created(
     assert code == 0, output[-3000:]
     assert changed >= 1
     assert _exists(root, BUCKET)
-    assert run(["docker", "container", "inspect", f"{PREFIX}-minio"]).returncode != 0
+    assert run(["docker", "container", "inspect", f"{PREFIX}-s3"]).returncode != 0
     assert run(["docker", "volume", "inspect", f"{PREFIX}-minio-data"]).returncode != 0
     for options in ((), ("--check",)):
         code, output, changed = _deploy(extra, *options)

@@ -139,7 +139,7 @@ def test_each_running_container_s_label_and_image_are_found_by_name(images: Modu
         {"Names": ["/aie-mlflow"], "ImageID": "sha256:1", "State": "running",
          "Labels": {"aie.config": "abc", "aie.inputs": "x", "org.aie.mlflow-version": "3.17.2"}},
         {"Names": ["/aie-sftp"], "Labels": None, "ImageID": "sha256:2", "State": "running"},
-        {"Names": ["/aie-minio"], "Labels": {"aie.config": "def"}, "ImageID": "sha256:3", "State": "exited"},
+        {"Names": ["/aie-s3"], "Labels": {"aie.config": "def"}, "ImageID": "sha256:3", "State": "exited"},
     ]
     assert images.aie_running_containers(containers, "aie.config") == {
         "aie-mlflow": {"config": "abc", "image": "sha256:1", "mlflow": "3.17.2"},

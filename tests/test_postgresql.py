@@ -55,7 +55,7 @@ REGION = "eu-central-1"
 DATABASE = f"{PREFIX}-database"
 # The previous deployment: MLflow's images at the previous release, and no JupyterLab or serving.
 PREVIOUS_IMAGES = {"aie_python_image": "aie-prev/python:latest", "mlflow_image": "aie-prev/mlflow:latest"}
-PREVIOUS_GROUPS = ("mlflow", "sftp", "minio", "database")
+PREVIOUS_GROUPS = ("mlflow", "sftp", "s3", "database")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     work = tmp_path_factory.mktemp("pg")
     keys = work / "keys"
     settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), **ENGINE_SETTINGS,
-                "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
+                "s3_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
                 "aie_mlflow_backend": "postgresql", "aie_s3_region": REGION, **PORTS}
     extra = write_vars(work / "vars.json", settings)
     leftovers = aie("down", "--purge", "--yes", "-e", extra, timeout=600)

@@ -419,7 +419,7 @@ def test_a_killed_service_is_restarted_with_its_data(stack: dict[str, Any], dril
 def test_s3_left_paused_by_a_killed_backup_is_resumed_when_the_backup_container_starts(
     stack: dict[str, Any]
 ) -> None:
-    s3, agent = f"{PREFIX}-minio", f"{PREFIX}-backup"
+    s3, agent = f"{PREFIX}-s3", f"{PREFIX}-backup"
     paused = ["docker", "inspect", "-f", "{{.State.Paused}}", s3]
     # What a backup killed while restic read S3's volume leaves: S3 paused, then the backup
     # container starting again.

@@ -32,7 +32,7 @@ from conftest import PROJECT, run, wait_for_s3
 
 OLD, NEW, VOLUME = "aiedb-dbstore", "aiedb-s3", "aiedb-s3-data"
 # The engine's confinement as deployments read it.
-SECURITY = yaml.safe_load((PROJECT / "roles/minio/defaults/main.yml").read_text())["minio_engines"]["rgw"]["security"]
+SECURITY = yaml.safe_load((PROJECT / "roles/s3/defaults/main.yml").read_text())["s3_builtin_engines"]["rgw"]["security"]
 OLD_PORT, NEW_PORT = 27194, 27195
 BUCKET = "ai-models"
 MiB = 1 << 20

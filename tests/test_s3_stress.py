@@ -90,7 +90,7 @@ def test_s3_check_names_the_runs_that_hold_corrupt_objects(stack: dict[str, Any]
         clean = aie("s3-check", "-e", stack["extra"], timeout=600)
         assert clean.returncode == 0, clean.stdout[-2000:] + clean.stderr[-2000:]
         assert " 0 corrupt" in clean.stdout, clean.stdout
-        corrupted = run(["docker", "exec", f"{PREFIX}-minio", "bash", "-c", CORRUPT_PART, "-", "0badc0de"], timeout=120)
+        corrupted = run(["docker", "exec", f"{PREFIX}-s3", "bash", "-c", CORRUPT_PART, "-", "0badc0de"], timeout=120)
         assert corrupted.returncode == 0, corrupted.stderr
         found = aie("s3-check", "-e", stack["extra"], timeout=600)
         print(found.stdout)

@@ -48,7 +48,9 @@ PREVIOUS = "29ef9ff"
 PREFIX = "aieup"
 PORTS = {"aie_mlflow_port": 25500, "aie_sftp_port": 22222, "aie_s3_port": 29000, "aie_jupyterlab_port": 28888}
 MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
-# Every service but serving (it runs only once a model is registered as one).
+# Every service but serving (it runs only once a model is registered as one). The inventory is
+# the previous release's, old names included: the S3 server's group minio (s3 today), and
+# minio_engine and minio_rgw_capacity_gib among the settings.
 GROUPS = ("mlflow", "sftp", "minio", "jupyterlab", "database")
 
 # Run inside the MLflow container: log two runs (SFTP and S3), register a model with an alias,
@@ -158,6 +160,20 @@ def test_artifacts_read_back_byte_for_byte_with_accounts_and_https(upgraded: dic
     assert read.returncode == 0, read.stderr[-3000:]
     assert json.loads(read.stdout.strip().splitlines()[-1]) == {
         name: logged["sha256"] for name, logged in upgraded["logged"].items()}
+
+
+def test_the_upgrade_reads_the_old_names_and_adopts_the_s3_store(upgraded: dict[str, Any]) -> None:
+    # Read as today's names, with a note that says which to rename; the S3 server's container,
+    # <prefix>-minio before, is <prefix>-s3 on the same data volume (whose objects the artifact
+    # test reads back).
+    notes = [line for line in upgraded["up"].stderr.splitlines() if "Deprecated names" in line]
+    assert notes == ["aie: note (localhost): Deprecated names, read for this release only: group minio, minio_engine, "
+                     "minio_rgw_capacity_gib. Rename them group s3, s3_engine, s3_rgw_capacity_gib in your inventory."]
+    names = containers(PREFIX)
+    assert f"{PREFIX}-s3" in names and f"{PREFIX}-minio" not in names
+    mounts = json.loads(run(["docker", "inspect", "-f", "{{json .Mounts}}", f"{PREFIX}-s3"], timeout=60).stdout)
+    assert f"{PREFIX}-minio-data" in [mount.get("Name") for mount in mounts]
+    assert run(["docker", "volume", "inspect", f"{PREFIX}-minio-config"], timeout=60).returncode != 0
 
 
 def test_the_upgrade_turns_on_accounts_https_and_a_service_user(upgraded: dict[str, Any]) -> None:

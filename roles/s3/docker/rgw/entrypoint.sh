@@ -154,7 +154,7 @@ stop_all() {
 trap 'stop_all; exit 0' TERM INT
 
 if [ -d "$DATA/.minio.sys" ]; then
-    log "the data volume holds MinIO's data (.minio.sys): run minio_engine=minio on it," \
+    log "the data volume holds MinIO's data (.minio.sys): run s3_engine=minio on it," \
         "or copy the objects out and purge the volume before switching to rgw"
     exit 1
 fi
@@ -191,7 +191,7 @@ else
     aie-rgw-keys aie S3_ACCESS_KEY S3_SECRET_KEY >/dev/null
 fi
 
-# The artifact clients' user and the read-only one (the buckets' policy, roles/minio/vars/main.yml,
+# The artifact clients' user and the read-only one (the buckets' policy, roles/s3/vars/main.yml,
 # names them and what each may do): they may create no bucket (max-buckets -1) and hold exactly
 # the keys they are given, so that new keys in files/keys/secrets or Vault replace the old ones.
 s3_user() {
