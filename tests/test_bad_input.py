@@ -258,6 +258,14 @@ def test_a_missing_group_is_named(tmp_path: Path) -> None:
     assert "no host in group(s) s3" in output
 
 
+def test_an_s3_server_in_both_the_s3_and_the_old_minio_group_is_refused(tmp_path: Path) -> None:
+    # minio, the s3 group's name before, is still read as s3: an inventory with both is ambiguous.
+    inventory = write_local_inventory(tmp_path / "inventory.yml", ("mlflow", "sftp", "s3", "minio", "jupyterlab"))
+    output = " ".join(deploy(tmp_path, inventory=str(inventory)).split())
+    assert ("The inventory has hosts in both the s3 group (localhost) and the minio group (localhost), the name of "
+            "the s3 group before: rename minio to s3.") in output
+
+
 def test_a_bad_experiment_list_is_refused(tmp_path: Path) -> None:
     output = deploy(tmp_path, mlflow_experiments=[{"name": "x"}])
     assert "mlflow_experiments" in output

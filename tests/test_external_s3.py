@@ -31,8 +31,8 @@ from cryptography.x509.oid import NameOID
 from conftest import aie, ansible_playbook, run, wait_for_s3, write_vars
 
 PREFIX = "aiex"
-SERVER = "aiex-s3"
-VOLUME = "aiex-s3-data"
+SERVER = "aiex-outside-s3"
+VOLUME = "aiex-outside-s3-data"
 PORT = 27190
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 BUCKET = "aiex-models"
