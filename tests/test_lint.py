@@ -102,6 +102,21 @@ def test_the_multi_host_example_shows_every_port_setting_with_its_default() -> N
     assert shown == {name: settings[name] for name in ports}
 
 
+def test_the_readme_names_one_setting_for_each_common_change() -> None:
+    # A port, the S3 engine, the backup schedule: one setting each, named in the README's table.
+    settings = yaml.safe_load((PROJECT / "group_vars/all/services.yml").read_text())
+    ports = {service["port_setting"] for service in settings["aie_service_definitions"].values()}
+    rows = {line.split("|")[1].strip(): set(re.findall(r"`([a-z0-9_]+)`", line.split("|")[2]))
+            for line in (PROJECT / "README.md").read_text().splitlines()
+            if line.startswith("| ") and line.count("|") == 3}
+    assert {name for name in rows["a service's published port"] if name.endswith("_port")} == ports
+    assert "s3_engine" in rows["the S3 engine"]
+    assert "aie_backup_schedule" in rows["the backup schedule"]
+    defaults = {**yaml.safe_load((PROJECT / "group_vars/all/backup.yml").read_text()),
+                **yaml.safe_load((PROJECT / "roles/s3/defaults/main.yml").read_text())}
+    assert {"aie_backup_schedule", "s3_engine"} <= set(defaults)
+
+
 def test_the_readme_lists_every_data_volume() -> None:
     services = (PROJECT / "group_vars/all/services.yml").read_text()
     volumes = {f"aie-{name}" for line in services.splitlines() if line.strip().startswith("volumes:")
