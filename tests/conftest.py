@@ -255,10 +255,11 @@ def earlier_release(commit: str, target: Path) -> dict[str, object]:
     requirements = target / "roles/python_image/docker/requirements.txt"
     requirements.write_text("".join(f"mlflow=={PREVIOUS_MLFLOW}\n" if line.startswith("mlflow") else line
                                     for line in requirements.read_text().splitlines(keepends=True)))
-    engines = yaml.safe_load((target / "roles/s3/defaults/main.yml").read_text())["s3_builtin_engines"]
+    # Releases before the S3 rename call the S3 role and its settings minio.
+    engines = yaml.safe_load((target / "roles/minio/defaults/main.yml").read_text())["minio_engines"]
     engines["rgw"]["image"] = f"aie-{commit}/rgw:latest"
     images = {name: f"aie-{commit}/{image}:latest" for name, image in RELEASE_IMAGES.items()}
-    return {"s3_engines": engines, **images}
+    return {"minio_engines": engines, **images}
 
 
 def write_local_inventory(path: Path, groups: Sequence[str]) -> Path:
