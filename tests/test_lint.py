@@ -150,6 +150,21 @@ def test_every_container_of_a_service_image_is_created_by_one_task() -> None:
     assert set(CONFINEMENT) <= set(run)
 
 
+def test_artifact_clients_are_wired_from_the_registry_only() -> None:
+    # aie_services' `artifacts` makes a service an artifact client: the service role gives it its
+    # account's files, secrets and environment, and the keys role its SFTP key. No service role
+    # hands them over itself, and no list of client groups is kept beside the registry.
+    wired = [f"{path.relative_to(PROJECT)}:{number}" for path in sorted(PROJECT.glob("roles/*/tasks/*.yml"))
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"aie_artifact_(files|secret_files|client_env)", line.split("#")[0])]
+    assert wired == []
+    keys = yaml.safe_load((PROJECT / "roles/keys/defaults/main.yml").read_text())
+    assert all("aie_services" in keys[name] for name in ("keys_sftp_client_groups", "keys_sftp_reader_groups"))
+    services = yaml.safe_load((PROJECT / "group_vars/all/services.yml").read_text())["aie_service_definitions"]
+    assert {name: service["artifacts"] for name, service in services.items() if "artifacts" in service} == {
+        "mlflow": "client", "jupyterlab": "client", "serving": "reader"}
+
+
 def test_every_command_that_deploys_reads_the_hosts_state_first() -> None:
     # The service role needs aie_host_state (playbooks/discover.yml): every playbook the CLI runs
     # that deploys a container imports discover.yml before the play that does.
