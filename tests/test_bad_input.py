@@ -207,7 +207,7 @@ def test_overrides_of_services_and_fields_that_do_not_exist_are_refused(tmp_path
                                                               "mlflow": {"mem": "4g", "memory": "4g"},
                                                               "sftp": "4g"}).split())
     assert "aie_service_overrides of localhost: no service jupyter (the services: mlflow, sftp, s3," in output
-    assert "; mlflow: no field mem (its fields: group, container, port," in output
+    assert "; mlflow: no field mem (its fields: group, container, artifacts, port," in output
     assert "; sftp: not a dictionary of fields but '4g'." in output
 
 
