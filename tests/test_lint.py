@@ -165,6 +165,20 @@ def test_artifact_clients_are_wired_from_the_registry_only() -> None:
         "mlflow": "client", "jupyterlab": "client", "serving": "reader"}
 
 
+def test_containers_of_releases_before_are_taken_over_by_the_service_role_only() -> None:
+    # aie_services' `former_containers`: the service role removes them, and their config volumes,
+    # before it starts the container that takes over their volumes; no other role does.
+    removing = [f"{path.relative_to(PROJECT)}: {task['name']}" for path in sorted(PROJECT.glob("roles/*/tasks/*.yml"))
+                if not path.is_relative_to(PROJECT / "roles/service")
+                for task in yaml.safe_load(path.read_text()) or []
+                for module in ("community.docker.docker_container", "community.docker.docker_volume")
+                if task.get(module, {}).get("state") == "absent" and "former" in yaml.safe_dump(task)]
+    assert removing == []
+    container = (PROJECT / "roles/service/tasks/container.yml").read_text()
+    steps = [f"include_tasks: {name}" for name in ("former.yml", "prepare.yml", "run.yml")]
+    assert sorted(steps, key=container.index) == steps
+
+
 def test_every_command_that_deploys_reads_the_hosts_state_first() -> None:
     # The service role needs aie_host_state (playbooks/discover.yml): every playbook the CLI runs
     # that deploys a container imports discover.yml before the play that does.
