@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import jinja2
 import pytest
 import yaml
 from filelock import FileLock
@@ -29,12 +30,12 @@ PORTS = {
     "aie_mlflow_port": 15500, "aie_sftp_port": 12222, "aie_s3_port": 19000,
     "aie_jupyterlab_port": 18888, "aie_serving_port": 15001,
 }
-# The S3 engine the tests deploy: the one a user gets by naming none (s3_default_engine, written
-# as the fallback of its former name minio_default_engine), unless
-# AIE_TEST_S3_ENGINE names another; ENGINE_SETTINGS is what the tests pass for it.
+# The S3 engine the tests deploy: the one a user gets by naming none (s3_default_engine, a
+# template: the fallback of its former name minio_default_engine, rendered here with neither set),
+# unless AIE_TEST_S3_ENGINE names another; ENGINE_SETTINGS is what the tests pass for it.
 ENGINE_SETTINGS = {"s3_engine": os.environ["AIE_TEST_S3_ENGINE"]} if os.environ.get("AIE_TEST_S3_ENGINE") else {}
-ENGINE = str(ENGINE_SETTINGS.get("s3_engine") or yaml.safe_load(
-    (PROJECT / "roles/s3/defaults/main.yml").read_text())["s3_default_engine"].split("'")[1])
+ENGINE = str(ENGINE_SETTINGS.get("s3_engine") or jinja2.Template(yaml.safe_load(
+    (PROJECT / "roles/s3/defaults/main.yml").read_text())["s3_default_engine"]).render())
 # The end-to-end stack's MLflow, over HTTPS (its CA: tls_ca(keys)).
 MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
 # MLflow's release pinned for the images, and the previous one the upgrade drills start from: the
