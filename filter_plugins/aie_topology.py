@@ -199,11 +199,10 @@ def aie_volume_mounts(volumes: Mapping[str, str], prefix: str) -> list[dict[str,
 def aie_confinement(
     services: Mapping[str, Mapping[str, Any]], others: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """How far each container is confined, by name: each service's `confinement` with its `memory`
-    (aie_services), then the other containers' entries (the backup agent's, with their memory)."""
-    confined = {name: {**service.get("confinement", {}), "memory": service["memory"]}
-                for name, service in services.items()}
-    return {**confined, **{name: dict(entry) for name, entry in others.items()}}
+    """How far each container is confined, by name: its `confinement` with its `memory`, for each
+    service (aie_services), then for the other containers (the backup agent's)."""
+    return {name: {**entry.get("confinement", {}), "memory": entry["memory"]}
+            for name, entry in {**services, **others}.items()}
 
 
 def aie_override_problems(overrides: object, definitions: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -179,6 +179,39 @@ def test_containers_of_releases_before_are_taken_over_by_the_service_role_only()
     assert sorted(steps, key=container.index) == steps
 
 
+def test_containers_and_volumes_are_named_in_the_registry_only() -> None:
+    # Every container is a `container` of aie_services or of the backup agent's
+    # aie_backup_containers; no other setting holds one, and no role, playbook or scenario writes
+    # a container's or a volume's name again (<prefix>-<name>).
+    settings = {}
+    for path in sorted(PROJECT.glob("group_vars/all/*.yml")):
+        settings.update(yaml.safe_load(path.read_text()))
+    registries = ("aie_service_definitions", "aie_backup_containers")
+    named = sorted(name for name, value in settings.items()
+                   if name not in registries and re.search(r"aie_name_prefix\s*}}-", yaml.safe_dump(value)))
+    assert named == []
+    written = [f"{path.relative_to(PROJECT)}:{number}"
+               for folder in ("roles", "playbooks", "molecule", "inventory")
+               for path in sorted((PROJECT / folder).rglob("*.yml"))
+               for number, line in enumerate(path.read_text().splitlines(), 1)
+               if re.search(r"aie_name_prefix\s*(}}|~\s*')-[a-z]", line.split("#")[0])]
+    assert written == []
+    service_vars = yaml.safe_load((PROJECT / "roles/service/vars/main.yml").read_text())
+    assert "aie_backup_containers[service_name]" in service_vars["__service_def"]
+
+
+def test_the_host_that_makes_an_external_s3_services_buckets_is_chosen_once() -> None:
+    # With s3_engine: external the s3 group may have no host: the bucket tasks and the check run
+    # from the controller with the first MLflow host's settings, a rule written once
+    # (aie_s3_admin_here) and used by both playbooks.
+    rule = re.compile(r"mlflow\[0\]|groups\[.mlflow.\]\s*\|\s*first")
+    written = [f"{path.relative_to(PROJECT)}:{number}" for folder in ("group_vars", "playbooks", "roles")
+               for path in sorted((PROJECT / folder).rglob("*.yml"))
+               for number, line in enumerate(path.read_text().splitlines(), 1) if rule.search(line.split("#")[0])]
+    assert [place.split(":")[0] for place in written] == ["group_vars/all/storage.yml"]
+    assert all("aie_s3_admin_here" in (PROJECT / "playbooks" / name).read_text() for name in ("s3.yml", "s3_check.yml"))
+
+
 def test_every_command_that_deploys_reads_the_hosts_state_first() -> None:
     # The service role needs aie_host_state (playbooks/discover.yml): every playbook the CLI runs
     # that deploys a container imports discover.yml before the play that does.
