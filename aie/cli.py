@@ -214,15 +214,15 @@ def _status(project_dir: Path, inventory: Path, extra: list[str], args: argparse
     for line in lines:
         print(line)
     keys = keys_dir(project_dir, args.extra_vars)
-    ca = keys / "tls" / "ca.pem"
+    layout = keys_layout(project_dir)
+    ca = keys / layout["ca"]
     if ca.is_file():
         print(f"CA of the HTTPS services (trust it in your browser): {ca}")
-    secrets = keys / "secrets"
-    token = secrets / "jupyterlab_token"
+    token = keys / layout["jupyterlab_token"]
     if token.is_file():
         print(f"JupyterLab token: {token.read_text().split()[0]}")
     # The admin password is never printed: only where it is kept.
-    admin = secrets / "mlflow_admin_password"
+    admin = keys / layout["mlflow_admin_password"]
     if admin.is_file():
         print(f"MLflow admin password: in {admin}")
     # Only a service down fails plain `aie status`; --check also counts backups and certificates.
@@ -288,11 +288,18 @@ def status_lines(reports: dict[str, Any]) -> tuple[list[str], list[str]]:
     return lines, problems
 
 
+def keys_layout(project_dir: Path) -> dict[str, str]:
+    """What the keys folder holds where (aie_keys_layout, plain names in group_vars/all/paths.yml),
+    read from the file the playbooks read, so the CLI needs no playbook to find them."""
+    paths = yaml.safe_load((project_dir / "group_vars" / "all" / "paths.yml").read_text())
+    return {name: str(value) for name, value in paths["aie_keys_layout"].items()}
+
+
 def keys_dir(project_dir: Path, extra_vars: Sequence[str] = ()) -> Path:
     """Where the deployment's keys and secrets are: aie_keys_dir given with -e, else
-    AIE_KEYS_DIR, else files/keys (as group_vars/all/paths.yml decides)."""
+    AIE_KEYS_DIR, else the project's (as group_vars/all/paths.yml decides)."""
     given = _extra_vars(extra_vars).get("aie_keys_dir")
-    return Path(str(given or os.environ.get("AIE_KEYS_DIR") or project_dir / "files" / "keys"))
+    return Path(str(given or os.environ.get("AIE_KEYS_DIR") or project_dir / keys_layout(project_dir)["default"]))
 
 
 def _extra_vars(values: Sequence[str]) -> dict[str, Any]:
@@ -328,7 +335,7 @@ def _predict(project_dir: Path, inventory: Path, extra: list[str], args: argpars
             json.loads(payload)
         except (OSError, ValueError) as error:
             raise CommandError(f"cannot use {args.json} as a request: {error}") from None
-    folder = keys_dir(project_dir, args.extra_vars) / "serving"
+    folder = keys_dir(project_dir, args.extra_vars) / keys_layout(project_dir)["serving"]
     records = sorted(folder.glob("*.json"))
     if args.limit:
         records = [path for path in records if path.stem in args.limit.split(",")]

@@ -32,6 +32,30 @@ def test_every_command_prints_its_wall_time(capsys: pytest.CaptureFixture[str]) 
     assert lines[-1].startswith("aie: error: inventory /nonexistent/inventory")
 
 
+def test_the_cli_finds_the_files_where_the_playbooks_keep_them(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    # The CA, the JupyterLab token, the admin password and the served models' records: the CLI
+    # finds them from group_vars/all/paths.yml's plain layout, where the playbooks put them.
+    monkeypatch.delenv("AIE_KEYS_DIR", raising=False)
+    names = ("aie_tls_ca_bundle", "aie_secrets_dir", "aie_serving_record")
+    inventory = one_play_project(tmp_path, (
+        "- hosts: localhost\n  gather_facts: false\n"
+        f"  vars_files: {[str(PROJECT / 'group_vars/all' / name) for name in ('paths.yml', 'tls.yml')]}\n"
+        "  tasks:\n    - ansible.builtin.set_fact:\n        aie_report:\n"
+        + "".join(f"          {name}: '{{{{ {name} }}}}'\n" for name in names)))
+    result = run_playbook("play.yml", project_dir=tmp_path, inventory=inventory,
+                          extra_args=["-e", f"aie_project_dir={PROJECT}"], out=io.StringIO())
+    assert result.ok, result.failures
+    played = result.facts["localhost"]
+    keys, layout = cli.keys_dir(PROJECT), cli.keys_layout(PROJECT)
+    assert Path(played["aie_tls_ca_bundle"]) == keys / layout["ca"]
+    assert Path(played["aie_secrets_dir"]) == (keys / layout["jupyterlab_token"]).parent
+    assert Path(played["aie_secrets_dir"]) == (keys / layout["mlflow_admin_password"]).parent
+    assert Path(played["aie_serving_record"]).parent == keys / layout["serving"]
+    source = (PROJECT / "aie/cli.py").read_text()
+    assert not re.search(r'/ "(tls|secrets|serving|ca\.pem|keys)"|"files" /|files/keys', source)
+
+
 def test_the_keys_folder_follows_aie_keys_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("AIE_KEYS_DIR", raising=False)
     assert cli.keys_dir(PROJECT) == PROJECT / "files" / "keys"
