@@ -212,6 +212,27 @@ def test_the_host_that_makes_an_external_s3_services_buckets_is_chosen_once() ->
     assert all("aie_s3_admin_here" in (PROJECT / "playbooks" / name).read_text() for name in ("s3.yml", "s3_check.yml"))
 
 
+def test_the_config_folder_in_the_containers_is_named_once() -> None:
+    # Where a container finds its config folder and its TLS files is aie_config_mount and
+    # aie_config_tls (group_vars/all/paths.yml): no role, setting or scenario writes the path
+    # again. The images' scripts read the same folder: they may name it, as that setting says.
+    paths = yaml.safe_load((PROJECT / "group_vars/all/paths.yml").read_text())
+    mount = paths["aie_config_mount"]
+    written = [f"{path.relative_to(PROJECT)}:{number}"
+               for folder in ("roles", "group_vars", "playbooks", "molecule")
+               for path in sorted((PROJECT / folder).rglob("*.yml")) if path != PROJECT / "group_vars/all/paths.yml"
+               for number, line in enumerate(path.read_text().splitlines(), 1)
+               if re.search(r"/etc/aie|\btls/(cert|key|ca)\.pem", line.split("#")[0])
+               and "meta/argument_specs.yml" not in str(path)]
+    assert written == []
+    scripts = [path for path in PROJECT.glob("roles/*/docker*/**/*")
+               if path.is_file() and "/etc/aie" in path.read_text()]
+    assert scripts
+    for script in scripts:
+        named = set(re.findall(r"/etc/aie[a-z.]*", script.read_text()))
+        assert named <= {mount, mount + ".host"}, (script, named)
+
+
 def test_every_command_that_deploys_reads_the_hosts_state_first() -> None:
     # The service role needs aie_host_state (playbooks/discover.yml): every playbook the CLI runs
     # that deploys a container imports discover.yml before the play that does.
