@@ -233,6 +233,24 @@ def test_the_config_folder_in_the_containers_is_named_once() -> None:
         assert named <= {mount, mount + ".host"}, (script, named)
 
 
+def test_every_credential_is_checked_before_anything_changes() -> None:
+    # Each credential of group_vars/all/secrets.yml is in the `secrets` of a service of
+    # aie_services or of the backup agent, which validate.yml checks (empty, short, well known),
+    # or one of the database's accounts, which the database role's validation checks.
+    settings = settings_defaults()
+    entries = [*settings["aie_service_definitions"].values(), *settings["aie_backup_containers"].values()]
+    listed = {name for entry in entries for name in entry.get("secrets", [])}
+    accounts = yaml.safe_dump(settings["aie_database_accounts"])
+    secrets = yaml.safe_load((PROJECT / "group_vars/all/secrets.yml").read_text())
+    credentials = {name for name, value in secrets.items() if "ansible.builtin.password" in str(value)}
+    unchecked = sorted(name for name in credentials - listed if name not in accounts)
+    assert unchecked == []
+    assert listed <= set(secrets)
+    validate = (PROJECT / "playbooks/validate.yml").read_text()
+    assert "map(attribute='secrets'" in validate
+    assert not re.search(r"^\s+- aie_\w+_(key|password|token)$", validate, re.M)
+
+
 def test_every_command_that_deploys_reads_the_hosts_state_first() -> None:
     # The service role needs aie_host_state (playbooks/discover.yml): every playbook the CLI runs
     # that deploys a container imports discover.yml before the play that does.
