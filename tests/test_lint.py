@@ -251,6 +251,25 @@ def test_every_credential_is_checked_before_anything_changes() -> None:
     assert not re.search(r"^\s+- aie_\w+_(key|password|token)$", validate, re.M)
 
 
+def test_each_service_is_deployed_where_the_registry_says_by_one_play() -> None:
+    # playbooks/service.yml deploys any service of aie_services on the hosts its `group` names;
+    # each service's playbook imports it, and services.yml imports those, each service once.
+    services = yaml.safe_load((PROJECT / "group_vars/all/services.yml").read_text())["aie_service_definitions"]
+    generic = yaml.safe_load((PROJECT / "playbooks/service.yml").read_text())
+    assert [play["hosts"] for play in generic] == ["aie"]
+    deployed = []
+    for entry in yaml.safe_load((PROJECT / "playbooks/services.yml").read_text()):
+        for play in yaml.safe_load((PROJECT / "playbooks" / entry["ansible.builtin.import_playbook"]).read_text()):
+            if play.get("ansible.builtin.import_playbook") == "service.yml":
+                deployed.append(play["vars"]["aie_deploy"])
+            elif "hosts" in play:
+                # Only plays that are not a service's own deployment name groups of their own.
+                assert not set(re.split(r"[:,]", play["hosts"])) & {"sftp", "s3", "minio", "database", "jupyterlab",
+                                                                    "serving"}, play["name"]
+    # The backup server is deployed with the prerequisites (playbooks/setup.yml), before the services.
+    assert sorted(deployed) == sorted(set(services) - {"backup_server"})
+
+
 def test_every_command_that_deploys_reads_the_hosts_state_first() -> None:
     # The service role needs aie_host_state (playbooks/discover.yml): every playbook the CLI runs
     # that deploys a container imports discover.yml before the play that does.
@@ -262,7 +281,7 @@ def test_every_command_that_deploys_reads_the_hosts_state_first() -> None:
         return names
 
     deploying = {"backup_server.yml", "backup_agents.yml"} | set(chain(PROJECT / "playbooks/services.yml")[1:])
-    commands = set(re.findall(r'"((?:playbooks/)?[a-z_]+\.yml)"', (PROJECT / "aie/cli.py").read_text()))
+    commands = set(re.findall(r'"(playbooks/[a-z_]+\.yml|site\.yml)"', (PROJECT / "aie/cli.py").read_text()))
     assert {"site.yml", "playbooks/serve.yml", "playbooks/restore.yml"} <= commands
     late = {}
     for command in sorted(commands):
