@@ -270,6 +270,24 @@ def test_each_service_is_deployed_where_the_registry_says_by_one_play() -> None:
     assert sorted(deployed) == sorted(set(services) - {"backup_server"})
 
 
+def test_each_image_is_named_once() -> None:
+    # A service's image is its `image` in aie_services (the backup agent's: aie_backup_image), an
+    # S3 engine's is in s3_engines, the shared ones in group_vars/all/images.yml: no role,
+    # playbook or scenario names one again.
+    names = re.compile(r"\baie/(mlflow|sftp|database|jupyterlab|backup|backup-server|rgw|ml|python|common):")
+    homes = {"group_vars/all/services.yml", "group_vars/all/backup.yml", "group_vars/all/images.yml",
+             "roles/s3/defaults/main.yml"}
+    written = [f"{path.relative_to(PROJECT)}:{number}"
+               for folder in ("roles", "playbooks", "molecule", "group_vars", "inventory")
+               for path in sorted((PROJECT / folder).rglob("*.yml")) if str(path.relative_to(PROJECT)) not in homes
+               for number, line in enumerate(path.read_text().splitlines(), 1) if names.search(line.split("#")[0])]
+    assert written == []
+    settings = settings_defaults()
+    services = settings["aie_service_definitions"]
+    assert all("image" in entry for name, entry in services.items() if name != "s3")
+    assert all(entry["image"] == "{{ aie_backup_image }}" for entry in settings["aie_backup_containers"].values())
+
+
 def test_every_command_that_deploys_reads_the_hosts_state_first() -> None:
     # The service role needs aie_host_state (playbooks/discover.yml): every playbook the CLI runs
     # that deploys a container imports discover.yml before the play that does.

@@ -53,7 +53,8 @@ URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
 # This deployment's S3 region: not the default one, which every other deployment of the tests has.
 REGION = "eu-central-1"
 DATABASE = f"{PREFIX}-database"
-# The previous deployment: MLflow's images at the previous release, and no JupyterLab or serving.
+# The previous deployment: MLflow's images at the previous release, and no JupyterLab or serving; the
+# setting mlflow_image, read for one more release beside aie_service_overrides, names its image.
 PREVIOUS_IMAGES = {"aie_python_image": "aie-prev/python:latest", "mlflow_image": "aie-prev/mlflow:latest"}
 PREVIOUS_GROUPS = ("mlflow", "sftp", "s3", "database")
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 import yaml
 
@@ -217,7 +218,8 @@ def test_an_unknown_snapshot_is_named(stack: dict[str, Any], drill: dict[str, An
 def backup_tool(tmp_path: Path, **settings: Any) -> tuple[list[str], str, Path]:
     """`docker run` of the stack's backup image with aie-backup's config, a volume `data` and a
     repository of its own, in folders of tmp_path; the image; the volume's folder."""
-    image = yaml.safe_load((PROJECT / "roles/backup/defaults/main.yml").read_text())["backup_image"]
+    setting = yaml.safe_load((PROJECT / "group_vars/all/backup.yml").read_text())["aie_backup_image"]
+    image = jinja2.Template(setting).render()
     config, volume, repository = (tmp_path / name for name in ("config", "data", "repository"))
     for folder in (config, volume, repository):
         folder.mkdir()
