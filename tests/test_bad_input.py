@@ -207,7 +207,7 @@ def test_overrides_of_services_and_fields_that_do_not_exist_are_refused(tmp_path
                                                               "mlflow": {"mem": "4g", "memory": "4g"},
                                                               "sftp": "4g"}).split())
     assert "aie_service_overrides of localhost: no service jupyter (the services: mlflow, sftp, s3," in output
-    assert "; mlflow: no field mem (its fields: group, container, artifacts, port," in output
+    assert "; mlflow: no field mem (its fields: group, container, image, artifacts, one_offs, secrets, port," in output
     assert "; sftp: not a dictionary of fields but '4g'." in output
 
 
@@ -352,8 +352,11 @@ def test_the_service_role_refuses_to_run_without_the_hosts_state(tmp_path: Path)
                    "ansible.builtin.include_role": {"name": "service", "tasks_from": "container"},
                    "vars": {"service_name": "mlflow", "service_image": "aie/mlflow"}}],
     }]))
+    # Beside the project's settings, as any playbook of a deployment is.
+    (tmp_path / "group_vars").symlink_to(PROJECT / "group_vars")
     result = run([str(BIN / "ansible-playbook"), str(playbook)], timeout=120,
-                 extra_env={"ANSIBLE_ROLES_PATH": str(PROJECT / "roles")})
+                 extra_env={"ANSIBLE_ROLES_PATH": str(PROJECT / "roles"),
+                            "ANSIBLE_FILTER_PLUGINS": str(PROJECT / "filter_plugins")})
     assert result.returncode == 2, result.stdout[-2000:]
     refusal = "localhost has no aie_host_state: the service role (mlflow) runs after playbooks/discover.yml"
     assert refusal in result.stdout
