@@ -288,6 +288,22 @@ def test_each_image_is_named_once() -> None:
     assert all(entry["image"] == "{{ aie_backup_image }}" for entry in settings["aie_backup_containers"].values())
 
 
+def test_data_volumes_are_named_in_the_registry_only() -> None:
+    # A service's data volumes are its `volumes` in aie_services; the roles mount them where their
+    # image keeps its data, and never write a volume's name again (their documentation may, as
+    # the scenarios' expected output does).
+    services = yaml.safe_load((PROJECT / "group_vars/all/services.yml").read_text())["aie_service_definitions"]
+    names = {"mlflow-data", "sftp-data", "minio-data", "database-data", "backup-repository"}
+    assert names >= {name for service in services.values() if isinstance(service["volumes"], list)
+                     for name in service["volumes"]}
+    written = [f"{path.relative_to(PROJECT)}:{number}"
+               for folder in ("roles", "playbooks")
+               for path in sorted((PROJECT / folder).rglob("*.yml")) if path.name != "argument_specs.yml"
+               for number, line in enumerate(path.read_text().splitlines(), 1)
+               if any(re.search(rf"(?<![\w-]){name}(?![\w-])", line.split("#")[0]) for name in names)]
+    assert written == []
+
+
 def test_every_command_that_deploys_reads_the_hosts_state_first() -> None:
     # The service role needs aie_host_state (playbooks/discover.yml): every playbook the CLI runs
     # that deploys a container imports discover.yml before the play that does.
