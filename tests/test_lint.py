@@ -63,6 +63,16 @@ def test_every_task_that_returns_a_containers_configuration_is_no_log() -> None:
     assert exposed == []
 
 
+def written_in(pattern: str, folders: tuple[str, ...], leave_out: tuple[str, ...] = ()) -> list[str]:
+    """Where (file:line) the project's YAML files under `folders`, but for those whose path
+    relative to the project ends with one of `leave_out`, match `pattern` outside comments."""
+    found = re.compile(pattern)
+    return [f"{path.relative_to(PROJECT)}:{number}" for folder in folders
+            for path in sorted((PROJECT / folder).rglob("*.yml"))
+            if not str(path.relative_to(PROJECT)).endswith(leave_out)
+            for number, line in enumerate(path.read_text().splitlines(), 1) if found.search(line.split("#")[0])]
+
+
 def settings_defaults() -> dict[str, Any]:
     """The values every play gets when the inventory sets nothing: group_vars/all."""
     values: dict[str, Any] = {}
@@ -183,19 +193,12 @@ def test_containers_and_volumes_are_named_in_the_registry_only() -> None:
     # Every container is a `container` of aie_services or of the backup agent's
     # aie_backup_containers; no other setting holds one, and no role, playbook or scenario writes
     # a container's or a volume's name again (<prefix>-<name>).
-    settings = {}
-    for path in sorted(PROJECT.glob("group_vars/all/*.yml")):
-        settings.update(yaml.safe_load(path.read_text()))
+    settings = settings_defaults()
     registries = ("aie_service_definitions", "aie_backup_containers")
     named = sorted(name for name, value in settings.items()
                    if name not in registries and re.search(r"aie_name_prefix\s*}}-", yaml.safe_dump(value)))
     assert named == []
-    written = [f"{path.relative_to(PROJECT)}:{number}"
-               for folder in ("roles", "playbooks", "molecule", "inventory")
-               for path in sorted((PROJECT / folder).rglob("*.yml"))
-               for number, line in enumerate(path.read_text().splitlines(), 1)
-               if re.search(r"aie_name_prefix\s*(}}|~\s*')-[a-z]", line.split("#")[0])]
-    assert written == []
+    assert written_in(r"aie_name_prefix\s*(}}|~\s*')-[a-z]", ("roles", "playbooks", "molecule", "inventory")) == []
     service_vars = yaml.safe_load((PROJECT / "roles/service/vars/main.yml").read_text())
     assert "aie_backup_containers[service_name]" in service_vars["__service_def"]
 
@@ -204,10 +207,7 @@ def test_the_host_that_makes_an_external_s3_services_buckets_is_chosen_once() ->
     # With s3_engine: external the s3 group may have no host: the bucket tasks and the check run
     # from the controller with the first MLflow host's settings, a rule written once
     # (aie_s3_admin_here) and used by both playbooks.
-    rule = re.compile(r"mlflow\[0\]|groups\[.mlflow.\]\s*\|\s*first")
-    written = [f"{path.relative_to(PROJECT)}:{number}" for folder in ("group_vars", "playbooks", "roles")
-               for path in sorted((PROJECT / folder).rglob("*.yml"))
-               for number, line in enumerate(path.read_text().splitlines(), 1) if rule.search(line.split("#")[0])]
+    written = written_in(r"mlflow\[0\]|groups\[.mlflow.\]\s*\|\s*first", ("group_vars", "playbooks", "roles"))
     assert [place.split(":")[0] for place in written] == ["group_vars/all/storage.yml"]
     assert all("aie_s3_admin_here" in (PROJECT / "playbooks" / name).read_text() for name in ("s3.yml", "s3_check.yml"))
 
@@ -218,13 +218,8 @@ def test_the_config_folder_in_the_containers_is_named_once() -> None:
     # again. The images' scripts read the same folder: they may name it, as that setting says.
     paths = yaml.safe_load((PROJECT / "group_vars/all/paths.yml").read_text())
     mount = paths["aie_config_mount"]
-    written = [f"{path.relative_to(PROJECT)}:{number}"
-               for folder in ("roles", "group_vars", "playbooks", "molecule")
-               for path in sorted((PROJECT / folder).rglob("*.yml")) if path != PROJECT / "group_vars/all/paths.yml"
-               for number, line in enumerate(path.read_text().splitlines(), 1)
-               if re.search(r"/etc/aie|\btls/(cert|key|ca)\.pem", line.split("#")[0])
-               and "meta/argument_specs.yml" not in str(path)]
-    assert written == []
+    assert written_in(r"/etc/aie|\btls/(cert|key|ca)\.pem", ("roles", "group_vars", "playbooks", "molecule"),
+                      ("group_vars/all/paths.yml", "meta/argument_specs.yml")) == []
     scripts = [path for path in PROJECT.glob("roles/*/docker*/**/*")
                if path.is_file() and "/etc/aie" in path.read_text()]
     assert scripts
@@ -274,14 +269,10 @@ def test_each_image_is_named_once() -> None:
     # A service's image is its `image` in aie_services (the backup agent's: aie_backup_image), an
     # S3 engine's is in s3_engines, the shared ones in group_vars/all/images.yml: no role,
     # playbook or scenario names one again.
-    names = re.compile(r"\baie/(mlflow|sftp|database|jupyterlab|backup|backup-server|rgw|ml|python|common):")
-    homes = {"group_vars/all/services.yml", "group_vars/all/backup.yml", "group_vars/all/images.yml",
-             "roles/s3/defaults/main.yml"}
-    written = [f"{path.relative_to(PROJECT)}:{number}"
-               for folder in ("roles", "playbooks", "molecule", "group_vars", "inventory")
-               for path in sorted((PROJECT / folder).rglob("*.yml")) if str(path.relative_to(PROJECT)) not in homes
-               for number, line in enumerate(path.read_text().splitlines(), 1) if names.search(line.split("#")[0])]
-    assert written == []
+    homes = ("group_vars/all/services.yml", "group_vars/all/backup.yml", "group_vars/all/images.yml",
+             "roles/s3/defaults/main.yml")
+    assert written_in(r"\baie/(mlflow|sftp|database|jupyterlab|backup|backup-server|rgw|ml|python|common):",
+                      ("roles", "playbooks", "molecule", "group_vars", "inventory"), homes) == []
     settings = settings_defaults()
     services = settings["aie_service_definitions"]
     assert all("image" in entry for name, entry in services.items() if name != "s3")
@@ -296,12 +287,8 @@ def test_data_volumes_are_named_in_the_registry_only() -> None:
     names = {"mlflow-data", "sftp-data", "minio-data", "database-data", "backup-repository"}
     assert names >= {name for service in services.values() if isinstance(service["volumes"], list)
                      for name in service["volumes"]}
-    written = [f"{path.relative_to(PROJECT)}:{number}"
-               for folder in ("roles", "playbooks")
-               for path in sorted((PROJECT / folder).rglob("*.yml")) if path.name != "argument_specs.yml"
-               for number, line in enumerate(path.read_text().splitlines(), 1)
-               if any(re.search(rf"(?<![\w-]){name}(?![\w-])", line.split("#")[0]) for name in names)]
-    assert written == []
+    assert written_in(rf"(?<![\w-])({'|'.join(sorted(names))})(?![\w-])", ("roles", "playbooks"),
+                      ("argument_specs.yml",)) == []
 
 
 def test_every_command_that_deploys_reads_the_hosts_state_first() -> None:
