@@ -50,8 +50,12 @@ setup(
     },
     entry_points={
         "console_scripts": ["aie=aie.cli:main"],
-        # MLflow loads this entry point after its built-in stores, so `sftp://`
-        # URIs are served by aie's paramiko store instead of the pysftp one.
-        "mlflow.artifact_repository": ["sftp=aie.sftp_store:SFTPArtifactRepository"],
+        # MLflow loads these entry points after its built-in stores, so `sftp://`
+        # URIs are served by aie's paramiko store instead of the pysftp one; `aie-routed:/`
+        # is the destination of the server's proxied artifacts (aie/artifact_routes.py).
+        "mlflow.artifact_repository": [
+            "sftp=aie.sftp_store:SFTPArtifactRepository",
+            "aie-routed=aie.artifact_routes:RoutedArtifactRepository",
+        ],
     },
 )

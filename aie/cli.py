@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
         "--json", type=Path, metavar="FILE",
         help="request body (MLflow's scoring format, e.g. {\"inputs\": [...]}); default: the model's input example",
     )
+    client = add("client-env", "print what a person exports on their laptop to use MLflow (never a password)")
+    client.add_argument("--user", required=True, help="their MLflow account (of mlflow_users)")
     add("move-to-postgresql",
         "move MLflow's runs, models and accounts from SQLite to PostgreSQL (backs up first), then run MLflow there")
     add("backup", "back up every data volume now (all hosts, or --limit)")
@@ -372,6 +374,67 @@ def _invoke(url: str, body: str, ca_bundle: str | None = None) -> object:
             from None
 
 
+# What a laptop's MLflow client is told (aie client-env): files at least this large go to S3
+# experiments in parts, each sent straight to S3 on a URL the MLflow server signs (the client
+# holds no S3 key); smaller ones, and every file of an SFTP experiment, go through the server.
+MULTIPART_MINIMUM = 32 * 1024 * 1024
+MULTIPART_CHUNK = 16 * 1024 * 1024
+
+
+def _client_env(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
+    # From what the mlflow role recorded (aie_client_record), so no playbook runs here.
+    keys = keys_dir(project_dir, args.extra_vars)
+    layout = keys_layout(project_dir)
+    path = keys / layout["client"]
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CommandError(f"no deployment is recorded in {path}: run aie up first") from None
+    if args.user not in record["users"]:
+        known = ", ".join(record["users"]) or "none"
+        raise CommandError(f"{args.user} has no MLflow account here (mlflow_users: {known}): add them to "
+                           "mlflow_users and run aie up")
+    for line in client_env_lines(record, args.user, ca_with_public_cas(Path(record["ca"]), keys / layout["tls"])):
+        print(line)
+    return 0
+
+
+def ca_with_public_cas(ca: Path, folder: Path) -> Path:
+    """A CA bundle of the deployment's CA and the public ones (certifi's): for the HTTPS requests of
+    a client that go to S3, which MLflow's client checks against REQUESTS_CA_BUNDLE, a variable that
+    other programs in the same shell (pip) read too."""
+    import certifi
+
+    bundle = folder / "ca-with-public.pem"
+    content = Path(certifi.where()).read_text() + "\n" + ca.read_text()
+    if not bundle.is_file() or bundle.read_text() != content:
+        bundle.write_text(content)
+    return bundle
+
+
+def client_env_lines(record: dict[str, Any], user: str, bundle: Path) -> list[str]:
+    """The shell lines of `aie client-env`: eval-able exports, comments for people."""
+    import shlex
+
+    exports = {
+        "MLFLOW_TRACKING_URI": record["tracking_uri"],
+        "MLFLOW_TRACKING_USERNAME": user,
+        "MLFLOW_TRACKING_SERVER_CERT_PATH": record["ca"],
+        "REQUESTS_CA_BUNDLE": str(bundle),
+        "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true",
+        "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(MULTIPART_MINIMUM),
+        "MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE": str(MULTIPART_CHUNK),
+    }
+    return [
+        f"# MLflow at {record['tracking_uri']} as {user}: eval \"$(aie client-env --user {user})\"",
+        "# On another machine, copy the two CA files named below and change their paths.",
+        *(f"export {name}={shlex.quote(value)}" for name, value in exports.items()),
+        f"# The password is never printed: {user}'s own, or the one generated in "
+        f"{record['generated_passwords']}/{user} on this machine. Then:",
+        "#   read -rs MLFLOW_TRACKING_PASSWORD && export MLFLOW_TRACKING_PASSWORD",
+    ]
+
+
 def _move(project_dir: Path, inventory: Path, extra: list[str], args: argparse.Namespace) -> int:
     # The whole deployment with PostgreSQL chosen: the database host is deployed, then the mlflow
     # role backs up the SQLite files and copies them before MLflow starts there (roles/mlflow/tasks/schema.yml).
@@ -452,6 +515,7 @@ COMMANDS: dict[str, Handler] = {
     "status": _status,
     "serve": _serve,
     "predict": _predict,
+    "client-env": _client_env,
     "move-to-postgresql": _move,
     "backup": _backup,
     "snapshots": _snapshots,

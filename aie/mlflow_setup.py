@@ -6,7 +6,8 @@ on stdin). It uses the standard library only: importing mlflow for its AuthServi
 about 3 s on every ``aie up``, for the same handful of documented REST calls made here.
 
     echo '{"url": ..., "ca_file": ..., "admin": {"username": ..., "password": ...},
-           "experiments": [{"name": ..., "artifact_location": ...}],
+           "experiments": [{"name": ..., "store": ..., "artifact_location": ..., "earlier_location": ...}],
+           "store_tag": "aie.artifact_store",
            "accounts": [{"username": ..., "password": ..., "admin": false,
                          "permissions": {"<experiment>": "EDIT"}}],
            "check": false}' | python -m aie.mlflow_setup
@@ -96,27 +97,48 @@ def message(answer: dict[str, Any]) -> str:
     return str(answer.get("message") or answer.get("error_code") or answer)[:300]
 
 
-def experiment_ids(admin: Server, experiments: list[dict[str, Any]], check: bool, changed: list[str]) -> dict[str, str]:
-    """Create the missing experiments; refuse one that exists with another artifact location
-    (MLflow cannot move it). Returns name -> id (a placeholder for one to be created in check mode)."""
+def experiment_ids(admin: Server, experiments: list[dict[str, Any]], tag: str, check: bool,
+                   changed: list[str]) -> dict[str, str]:
+    """Create the missing experiments, and tag each with its artifact store; refuse one that exists
+    with another artifact location (MLflow cannot move it). Returns name -> id (a placeholder for
+    one to be created in check mode).
+
+    An experiment with a ``store`` has its artifacts behind the server (``mlflow-artifacts:/<id>``,
+    MLflow's location when none is given), in the store its ``tag`` names; one that an earlier
+    release made at ``earlier_location`` keeps that location. One with an ``artifact_location`` is
+    made there."""
     found = each(lambda experiment: admin.call("GET", "/api/2.0/mlflow/experiments/get-by-name",
                                                query={"experiment_name": experiment["name"]}), experiments)
     ids: dict[str, str] = {}
     for experiment, (status, answer) in zip(experiments, found, strict=True):
-        name, location = experiment["name"], experiment["artifact_location"]
+        name, store = experiment["name"], experiment.get("store") or ""
+        location = experiment.get("artifact_location") or ""
         if status == 200:
             existing = answer["experiment"]
-            if existing["artifact_location"] != location or existing["lifecycle_stage"] != "active":
+            ids[name] = existing["experiment_id"]
+            accepted = [location] if location else [f"mlflow-artifacts:/{ids[name]}",
+                                                    experiment.get("earlier_location") or ""]
+            if existing["artifact_location"] not in accepted or existing["lifecycle_stage"] != "active":
+                wanted = location or f"the server's proxied artifacts ({store})"
                 raise SetupError(
                     f"Experiment {name} already exists with artifact location {existing['artifact_location']} "
-                    f"({existing['lifecycle_stage']}); MLflow cannot move it to {location}. "
+                    f"({existing['lifecycle_stage']}); MLflow cannot move it to {wanted}. "
                     "Rename it in mlflow_experiments or restore/rename it in MLflow.")
-            ids[name] = existing["experiment_id"]
+            tags = {item["key"]: item["value"] for item in existing.get("tags", [])}
+            if store and tags.get(tag) != store:
+                changed.append(f"experiment {name}: artifacts on {store}")
+                if not check:
+                    admin.expect("POST", "/api/2.0/mlflow/experiments/set-experiment-tag",
+                                 {"experiment_id": ids[name], "key": tag, "value": store})
         elif status == 404:
-            changed.append(f"experiment {name} created")
-            ids[name] = "" if check else admin.expect(
-                "POST", "/api/2.0/mlflow/experiments/create", {"name": name, "artifact_location": location}
-            )["experiment_id"]
+            changed.append(f"experiment {name} created" + (f", artifacts on {store}" if store else ""))
+            body: dict[str, Any] = {"name": name}
+            if location:
+                body["artifact_location"] = location
+            if store:
+                body["tags"] = [{"key": tag, "value": store}]
+            ids[name] = "" if check else admin.expect("POST", "/api/2.0/mlflow/experiments/create", body)[
+                "experiment_id"]
         else:
             raise SetupError(f"MLflow refused to look up experiment {name}: {status} {message(answer)}")
     return ids
@@ -208,7 +230,7 @@ def setup(settings: dict[str, Any]) -> list[str]:
             f"({status} {message(answer)}): the server keeps the password it was first given. "
             "Set aie_mlflow_admin_password to it, or see the README on rotating it.")
     changed: list[str] = []
-    ids = experiment_ids(admin, settings.get("experiments", []), check, changed)
+    ids = experiment_ids(admin, settings.get("experiments", []), settings.get("store_tag", ""), check, changed)
     accounts = settings.get("accounts", [])
     for wanted, own in zip(accounts, each(lambda wanted: signed_in(admin, wanted), accounts), strict=True):
         exists = account(admin, wanted, own, check, changed)

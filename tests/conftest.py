@@ -166,6 +166,47 @@ def http_status(url: str, account: tuple[str, str] | None = None, body: dict[str
         return 0
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def auth_server(work: Path, admin: tuple[str, str], args: Sequence[str] = (),
+                env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real MLflow server with its basic-auth app, from this virtualenv, on a SQLite store in
+    work (admin: the admin account it makes), with more server args and environment; its URL."""
+    config = work / "basic_auth.ini"
+    config.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{work}/basic_auth.db\n"
+                      f"admin_username = {admin[0]}\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    port = free_port()
+    environment = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD=admin[1],
+                       MLFLOW_FLASK_SERVER_SECRET_KEY="a-secret-key-for-the-test-server-0123", **(env or {}))
+    log_path = work / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1", f"--port={port}",
+             "--workers", "1", f"--backend-store-uri=sqlite:///{work}/mlflow.db", *args],
+            cwd=work, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(120):
+                if http_status(url + "/health", None) == 200:
+                    break
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                time.sleep(0.5)
+            else:
+                pytest.fail("MLflow did not answer within 60 s: " + log_path.read_text()[-3000:])
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
 def mlflow_status(path: str, account: tuple[str, str] | None = None, body: dict[str, Any] | None = None) -> int:
     """HTTP status of one call to the end-to-end stack's MLflow, trusting the CA the stack fixture
     names to MLflow's clients (MLFLOW_TRACKING_SERVER_CERT_PATH)."""
@@ -314,7 +355,7 @@ def jupyter_exec(*command: str, timeout: float = 600) -> subprocess.CompletedPro
 
 # The modules that share the end-to-end stack (the `stack` fixture): one group, so that one
 # worker deploys it once.
-STACK_MODULES = {"test_e2e_local", "test_notebook_e2e", "test_restore_drill", "test_s3_stress"}
+STACK_MODULES = {"test_e2e_local", "test_notebook_e2e", "test_restore_drill", "test_s3_stress", "test_laptop_client"}
 # The longest groups, longest first, handed out before the others (`make test` passes
 # --no-loadscope-reorder, which keeps this order): a worker that drew a long group late would
 # leave the other idle at the end.
@@ -436,8 +477,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
     # The smallest rgw store: backups and restores read its whole BlueStore file.
     settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), **ENGINE_SETTINGS,
                 "s3_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
-                # A user of the inventory, with a generated password: may log runs in one experiment.
-                "mlflow_users": [{"name": "alice", "permissions": {"notebooks-s3": "EDIT"}}], **PORTS}
+                # Users of the inventory, with generated passwords: alice may log runs in one
+                # experiment, bob in the other and is kept out of the first, carol (a laptop,
+                # tests/test_laptop_client.py) in both.
+                "mlflow_users": [{"name": "alice", "permissions": {"notebooks-s3": "EDIT"}},
+                                 {"name": "bob", "permissions": {"notebooks-sftp": "EDIT", "notebooks-s3": "DENY"}},
+                                 {"name": "carol", "permissions": {"notebooks-sftp": "EDIT", "notebooks-s3": "EDIT"}}],
+                **PORTS}
     extra = write_vars(work / "vars.json", settings)
     # The test prefix belongs to the tests: containers and volumes left by an interrupted
     # earlier run (with other generated credentials) are removed first.

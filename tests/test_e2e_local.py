@@ -84,11 +84,19 @@ def test_every_container_runs(stack: dict[str, Any]) -> None:
     assert label.stdout.strip() == ENGINE, label.stdout + label.stderr
 
 
+def stored_at(entry: dict[str, Any]) -> str:
+    """Where the MLflow server put a run's artifacts in its experiment's store: under
+    by-experiment-id/, the run's path behind mlflow-artifacts:/ (the client logged through it)."""
+    scheme, path = entry["artifact_uri"].split(":", 1)
+    assert scheme == "mlflow-artifacts", entry["artifact_uri"]
+    assert path.lstrip("/").split("/")[1:] == [entry["run_id"], "artifacts"], entry["artifact_uri"]
+    return "by-experiment-id/" + path.lstrip("/")
+
+
 def test_sftp_artifact_is_in_the_sftp_volume(logged: dict[str, Any]) -> None:
     entry = logged["notebooks-sftp"]
-    assert entry["artifact_uri"] == f"sftp://{PREFIX}-sftp/artifacts/notebooks-sftp/{entry['run_id']}/artifacts"
     # Read through a throwaway container on the volume itself, not through the server.
-    path = f"/data/notebooks-sftp/{entry['run_id']}/artifacts/model/weights.bin"
+    path = f"/data/{stored_at(entry)}/model/weights.bin"
     result = run(
         [
             "docker",
@@ -110,7 +118,7 @@ def test_sftp_artifact_is_in_the_sftp_volume(logged: dict[str, Any]) -> None:
 def test_s3_artifact_is_in_the_bucket(stack: dict[str, Any], logged: dict[str, Any]) -> None:
     entry = logged["notebooks-s3"]
     s3 = s3_client(stack["keys"])
-    key = f"notebooks-s3/{entry['run_id']}/artifacts/model/weights.bin"
+    key = f"{stored_at(entry)}/model/weights.bin"
     body = s3.get_object(Bucket="ai-models", Key=key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == entry["sha256"]
 
@@ -237,7 +245,7 @@ def s3_answer(call: Any) -> str:
 
 def test_s3_client_account_reaches_only_the_artifact_bucket(stack: dict[str, Any], logged: dict[str, Any]) -> None:
     server, client = s3_client(stack["keys"], "s3"), s3_client(stack["keys"])
-    other, mine = "aie-e2e-other", f"notebooks-s3/{logged['notebooks-s3']['run_id']}/artifacts/model/weights.bin"
+    other, mine = "aie-e2e-other", f"{stored_at(logged['notebooks-s3'])}/model/weights.bin"
     server.create_bucket(Bucket=other)
     server.put_object(Bucket=other, Key="private.bin", Body=b"private")
     try:

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,47 +16,16 @@ from typing import Any
 
 import pytest
 
-from conftest import BIN, PROJECT, http_status
+from conftest import PROJECT, auth_server, free_port, http_status
 
 pytestmark = pytest.mark.slow
 ADMIN = ("admin", "the-admin-password-0123456789")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    work = tmp_path_factory.mktemp("mlflow-auth")
-    config = work / "basic_auth.ini"
-    config.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{work}/basic_auth.db\n"
-                      f"admin_username = {ADMIN[0]}\n"
-                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    port = free_port()
-    env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN[1],
-               MLFLOW_FLASK_SERVER_SECRET_KEY="a-secret-key-for-the-test-server-0123")
-    log = (work / "server.log").open("w")
-    process = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1", f"--port={port}",
-         "--workers", "1", f"--backend-store-uri=sqlite:///{work}/mlflow.db"],
-        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            if http_status(url + "/health", None) == 200:
-                break
-            assert process.poll() is None, (work / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
-        else:
-            pytest.fail("MLflow did not answer within 60 s: " + (work / "server.log").read_text()[-3000:])
+    with auth_server(tmp_path_factory.mktemp("mlflow-auth"), ADMIN) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def setup(url: str, check: bool = False, admin: tuple[str, str] = ADMIN,

@@ -116,19 +116,21 @@ def test_model_files_are_in_the_experiments_store(
     stack: dict[str, Any], trained: dict[str, dict[str, Any]], client: MlflowClient
 ) -> None:
     # MLflow 3 keeps a logged model's files under <experiment location>/models/<model id>,
-    # and links the model to the run that logged it.
+    # and links the model to the run that logged it. The experiment's location is behind the
+    # MLflow server (mlflow-artifacts:/<experiment id>), which wrote the files to the store, under
+    # by-experiment-id/.
     for experiment, result in trained.items():
         model = client.get_logged_model(result["model_id"])
         assert model.source_run_id == result["run_id"]
-        prefix = f"{experiment}/models/{result['model_id']}/artifacts"
+        located = f"{model.experiment_id}/models/{result['model_id']}/artifacts"
+        assert model.artifact_location == f"mlflow-artifacts:/{located}"
+        prefix = f"by-experiment-id/{located}"
         if experiment == "notebooks-sftp":
-            assert model.artifact_location == f"sftp://{PREFIX}-sftp/artifacts/{prefix}"
             listing = run(["docker", "run", "--rm", "-v", f"{PREFIX}-sftp-data:/data:ro", "--entrypoint", "ls",
                            "aie/common:latest", f"/data/{prefix}"], timeout=120)
             assert listing.returncode == 0, listing.stderr
             names = set(listing.stdout.split())
         else:
-            assert model.artifact_location == f"s3://ai-models/{prefix}"
             objects = s3_client(stack["keys"]).list_objects_v2(Bucket="ai-models", Prefix=prefix + "/")["Contents"]
             names = {obj["Key"][len(prefix) + 1:].split("/")[0] for obj in objects}
         assert {"MLmodel", "serving_input_example.json"} <= names, names

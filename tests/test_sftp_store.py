@@ -33,6 +33,7 @@ from mlflow.store.artifact.artifact_repository_registry import (
 )
 
 from aie.sftp_store import (
+    ENV_ALLOWED_HOSTS,
     ENV_PARALLEL,
     ENV_RECONNECT_SECONDS,
     ENV_SSH_CONFIG,
@@ -259,6 +260,18 @@ def test_resolve_target_reads_ssh_config(tmp_path: Path, monkeypatch: pytest.Mon
 def test_invalid_uris_are_rejected(uri: str) -> None:
     with pytest.raises(MlflowException):
         SFTPArtifactRepository(uri)
+
+
+def test_a_host_left_out_of_the_allowed_hosts_is_refused_before_connecting(
+        ssh_env: SSHTestEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(ENV_ALLOWED_HOSTS, "artifacts, store:2200")
+    for uri in ("sftp://elsewhere/srv", "sftp://artifacts:6379/srv", "sftp://store/srv"):
+        with pytest.raises(MlflowException, match=ENV_ALLOWED_HOSTS):
+            SFTPArtifactRepository(uri)
+    logins = ssh_env.server.accepted_logins()
+    allowed = sftp_repo(ssh_env.uri(tmp_path / "allowed"))
+    assert allowed.list_artifacts() == []
+    assert ssh_env.server.accepted_logins() == logins + 1
 
 
 def test_artifact_paths_cannot_escape_the_root(repo: SFTPArtifactRepository, tmp_path: Path, remote_dir: Path) -> None:

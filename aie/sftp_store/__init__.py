@@ -21,6 +21,9 @@ points after its built-in stores, so this class serves ``sftp://`` URIs.
 
 Behaviour:
 
+* ``$AIE_SFTP_ALLOWED_HOSTS`` (comma-separated ``host`` or ``host:port``, as URIs write them),
+  when set, lists the only hosts a URI may name: others are refused before any connection (the
+  MLflow server's, which reads locations that clients gave).
 * URI ``sftp://[user@]host[:port]/absolute/path``. ``host`` may be a ``Host`` alias
   of the SSH client config (``$AIE_SSH_CONFIG``, default ``~/.ssh/config``), whose
   ``HostName``, ``User``, ``Port``, ``IdentityFile`` and
@@ -95,10 +98,11 @@ if not TYPE_CHECKING:
 from .errors import SFTPAuthenticationError, SFTPConnectionDropped, SFTPHostKeyError, SSHConfigWarning  # noqa: E402
 from .pool import close_connections  # noqa: E402
 from .repository import SFTPArtifactRepository  # noqa: E402
-from .settings import ENV_PARALLEL, ENV_RECONNECT_SECONDS, ENV_SSH_CONFIG  # noqa: E402
+from .settings import ENV_ALLOWED_HOSTS, ENV_PARALLEL, ENV_RECONNECT_SECONDS, ENV_SSH_CONFIG  # noqa: E402
 from .target import SSHTarget, resolve_target  # noqa: E402
 
 __all__ = [
+    "ENV_ALLOWED_HOSTS",
     "ENV_PARALLEL",
     "ENV_RECONNECT_SECONDS",
     "ENV_SSH_CONFIG",

@@ -10,6 +10,7 @@ from .errors import invalid
 ENV_SSH_CONFIG = "AIE_SSH_CONFIG"
 ENV_PARALLEL = "AIE_SFTP_PARALLEL"
 ENV_RECONNECT_SECONDS = "AIE_SFTP_RECONNECT_SECONDS"
+ENV_ALLOWED_HOSTS = "AIE_SFTP_ALLOWED_HOSTS"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
 DEFAULT_PARALLEL = 4
 _MAX_PARALLEL = 64
@@ -50,3 +51,17 @@ def reconnect_window() -> float:
     if not math.isfinite(value) or value < 0:
         raise invalid(f"{ENV_RECONNECT_SECONDS} must be a number of seconds (0 or more), got {raw!r}")
     return value
+
+
+def allowed_hosts() -> frozenset[str] | None:
+    """The hosts (``host`` or ``host:port`` as URIs write them) URIs may name
+    (``$AIE_SFTP_ALLOWED_HOSTS``, comma-separated), or None: any.
+
+    An MLflow server connects only to the hosts of its own artifact root and destination (MLflow's
+    host policy); aie's destination is the router (``aie-routed:/``), so the server allows the
+    ``sftp`` scheme and this list names the SFTP servers it may reach instead.
+    """
+    raw = os.environ.get(ENV_ALLOWED_HOSTS)
+    if raw is None:
+        return None
+    return frozenset(host.strip().lower() for host in raw.split(",") if host.strip())

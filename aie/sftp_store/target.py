@@ -15,7 +15,7 @@ from typing import cast
 import paramiko
 
 from .errors import SSHConfigWarning, invalid
-from .settings import ssh_config_path
+from .settings import ENV_ALLOWED_HOSTS, allowed_hosts, ssh_config_path
 
 _DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts",)
 _DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts",)
@@ -120,5 +120,10 @@ def target_for_uri(artifact_uri: str) -> tuple[SSHTarget, str]:
         port = parsed.port
     except ValueError as exc:
         raise invalid(f"Invalid port in artifact URI {artifact_uri}: {exc}") from None
+    allowed = allowed_hosts()
+    named = parsed.hostname.lower() + (f":{port}" if port is not None else "")
+    if allowed is not None and named not in allowed:
+        raise invalid(f"Artifact URI {artifact_uri} names host {named}, which is none of {ENV_ALLOWED_HOSTS}: "
+                      f"{', '.join(sorted(allowed)) or 'none'}")
     username = urllib.parse.unquote(parsed.username) if parsed.username else None
     return resolve_target(parsed.hostname, username, port), posixpath.normpath(parsed.path)
