@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def test_the_cli_finds_the_files_where_the_playbooks_keep_them(monkeypatch: pyte
     # The CA, the JupyterLab token, the admin password and the served models' records: the CLI
     # finds them from group_vars/all/paths.yml's plain layout, where the playbooks put them.
     monkeypatch.delenv("AIE_KEYS_DIR", raising=False)
-    names = ("aie_tls_ca_bundle", "aie_secrets_dir", "aie_serving_record")
+    names = ("aie_tls_ca_bundle", "aie_secrets_dir", "aie_serving_record", "aie_client_record")
     inventory = one_play_project(tmp_path, (
         "- hosts: localhost\n  gather_facts: false\n"
         f"  vars_files: {[str(PROJECT / 'group_vars/all' / name) for name in ('paths.yml', 'tls.yml')]}\n"
@@ -52,6 +53,7 @@ def test_the_cli_finds_the_files_where_the_playbooks_keep_them(monkeypatch: pyte
     assert Path(played["aie_secrets_dir"]) == (keys / layout["jupyterlab_token"]).parent
     assert Path(played["aie_secrets_dir"]) == (keys / layout["mlflow_admin_password"]).parent
     assert Path(played["aie_serving_record"]).parent == keys / layout["serving"]
+    assert Path(played["aie_client_record"]) == keys / layout["client"]
     source = (PROJECT / "aie/cli.py").read_text()
     assert not re.search(r'/ "(tls|secrets|serving|ca\.pem|keys)"|"files" /|files/keys', source)
 
@@ -67,6 +69,38 @@ def test_the_keys_folder_follows_aie_keys_dir(monkeypatch: pytest.MonkeyPatch, t
     assert cli.keys_dir(PROJECT, ['{"aie_keys_dir": "/from/json"}']) == Path("/from/json")
     assert cli.keys_dir(PROJECT, ["aie_name_prefix=x aie_keys_dir=/from/kv"]) == Path("/from/kv")
     assert cli.keys_dir(PROJECT, ["aie_name_prefix=x"]) == tmp_path
+
+
+def test_client_env_prints_a_laptops_exports_and_never_a_password(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["client-env", "--user", "alice", "-e", f"aie_keys_dir={tmp_path}"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"aie: error: no deployment is recorded in {tmp_path / 'client.json'}: run aie up first")
+    layout = cli.keys_layout(PROJECT)
+    ca = tmp_path / layout["ca"]
+    ca.parent.mkdir()
+    ca.write_text("-----BEGIN CERTIFICATE-----\nthe deployment's CA\n-----END CERTIFICATE-----\n")
+    record = {"tracking_uri": "https://mlflow.example:5000", "ca": str(ca), "users": ["alice", "bob o'hara"],
+              "generated_passwords": str(tmp_path / "secrets" / "mlflow_users")}
+    (tmp_path / layout["client"]).write_text(json.dumps(record))
+    assert cli.main(["client-env", "--user", "mallory", "-e", f"aie_keys_dir={tmp_path}"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "aie: error: mallory has no MLflow account here (mlflow_users: alice, bob o'hara): add them to "
+        "mlflow_users and run aie up")
+    assert cli.main(["client-env", "--user", "bob o'hara", "-e", f"aie_keys_dir={tmp_path}"]) == 0
+    printed = capsys.readouterr().out
+    # What a shell makes of it.
+    shell = subprocess.run(["sh", "-c", printed + "\nenv"], capture_output=True, text=True, check=True,
+                           env={"PATH": os.environ["PATH"]}).stdout
+    exported = dict(line.split("=", 1) for line in shell.splitlines() if "=" in line)
+    assert exported["MLFLOW_TRACKING_URI"] == "https://mlflow.example:5000"
+    assert exported["MLFLOW_TRACKING_USERNAME"] == "bob o'hara"
+    assert exported["MLFLOW_TRACKING_SERVER_CERT_PATH"] == str(ca)
+    bundle = Path(exported["REQUESTS_CA_BUNDLE"]).read_text()
+    assert bundle.endswith(ca.read_text()) and bundle.count("BEGIN CERTIFICATE") > 10
+    assert exported["MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"] == "true"
+    assert "MLFLOW_TRACKING_PASSWORD" not in exported
+    assert str(tmp_path / "secrets" / "mlflow_users" / "bob o'hara") in printed
 
 
 def test_predict_without_a_served_model_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
