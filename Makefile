@@ -5,7 +5,7 @@ VENV ?= .venv
 AIE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up down status test unit lint bootstrap bootstrap-test benchmark benchmark-s3 benchmark-speed benchmark-cold benchmark-load
+.PHONY: up down status test unit lint bootstrap bootstrap-test benchmark benchmark-s3 benchmark-speed benchmark-cold benchmark-load benchmark-proxy
 
 # What deploying needs (make up); the tests add their tools (bootstrap-test).
 bootstrap:
@@ -47,6 +47,10 @@ benchmark-s3: bootstrap-test
 # Concurrent MLflow clients against the deployed local stack: calls/s, p50, p95 and errors.
 benchmark-load: bootstrap-test
 	$(VENV)/bin/python benchmarks/mlflow_load.py
+
+# Upload speed through MLflow's artifact proxy against SFTP and S3 directly, on the local stack (make up).
+benchmark-proxy: bootstrap-test
+	$(VENV)/bin/python benchmarks/artifact_proxy.py
 
 # Wall time of a no-op `aie up`, `aie status`, `aie serve` and `aie predict` on the deployed local stack.
 benchmark-speed: bootstrap-test

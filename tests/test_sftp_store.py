@@ -268,6 +268,7 @@ def test_a_host_left_out_of_the_allowed_hosts_is_refused_before_connecting(
     for uri in ("sftp://elsewhere/srv", "sftp://artifacts:6379/srv", "sftp://store/srv"):
         with pytest.raises(MlflowException, match=ENV_ALLOWED_HOSTS):
             SFTPArtifactRepository(uri)
+    close_connections()  # so that the allowed host is reached anew
     logins = ssh_env.server.accepted_logins()
     allowed = sftp_repo(ssh_env.uri(tmp_path / "allowed"))
     assert allowed.list_artifacts() == []
