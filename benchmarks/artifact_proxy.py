@@ -37,11 +37,14 @@ PROJECT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 sys.path.insert(0, str(PROJECT))
 
-from aie.cli import MULTIPART_CHUNK, MULTIPART_MINIMUM  # noqa: E402
+from aie.cli import MULTIPART_CHUNK, MULTIPART_MINIMUM, keys_layout  # noqa: E402
+
+# Where the keys folder keeps secrets and the CA: the layout the playbooks and the CLI read.
+LAYOUT = keys_layout(PROJECT)
 
 
 def secret(keys: Path, name: str) -> str:
-    return (keys / "secrets" / name).read_text().split()[0]
+    return (keys / LAYOUT["secrets"] / name).read_text().split()[0]
 
 
 def make_files(folder: Path, large_mib: int, small_count: int) -> tuple[Path, Path]:
@@ -72,8 +75,8 @@ def through_mlflow(args: argparse.Namespace, large: Path, small: Path) -> dict[s
         "MLFLOW_TRACKING_URI": args.mlflow,
         "MLFLOW_TRACKING_USERNAME": "admin",
         "MLFLOW_TRACKING_PASSWORD": secret(keys, "mlflow_admin_password"),
-        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(keys / "tls" / "ca.pem"),
-        "REQUESTS_CA_BUNDLE": str(keys / "tls" / "ca.pem"),
+        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(keys / LAYOUT["ca"]),
+        "REQUESTS_CA_BUNDLE": str(keys / LAYOUT["ca"]),
         "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true",
         "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(MULTIPART_MINIMUM),
         "MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE": str(MULTIPART_CHUNK),
@@ -114,7 +117,7 @@ def directly(args: argparse.Namespace, large: Path, small: Path, folder: Path) -
         "MLFLOW_S3_ENDPOINT_URL": args.s3,
         "AWS_ACCESS_KEY_ID": secret(keys, "s3_client_access_key"),
         "AWS_SECRET_ACCESS_KEY": secret(keys, "s3_client_secret_key"),
-        "AWS_CA_BUNDLE": str(keys / "tls" / "ca.pem"),
+        "AWS_CA_BUNDLE": str(keys / LAYOUT["ca"]),
         "AWS_DEFAULT_REGION": "us-east-1",
     })
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
