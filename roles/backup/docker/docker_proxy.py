@@ -1,24 +1,32 @@
 #!/usr/bin/python3
-"""The Docker API for the backup container, cut down to the calls its backups make.
+"""The Docker API, cut down to the calls of one client: the backups, or JupyterHub's spawner.
 
-Usage: aie-docker-proxy CONFIG   (JSON: "socket", the socket to listen on; "pause", containers
-the backups pause; "exec", the commands they run, each {"container", "command", "user"})
+Usage: aie-docker-proxy CONFIG   (JSON: "socket", the socket to listen on, and "mode", its mode
+(default 0o660); "pause", containers the backups pause; "exec", the commands they run, each
+{"container", "command", "user"}; "spawn", the notebook servers JupyterHub may start, see
+SpawnRules)
 
 The backup container pauses the object store while restic reads its volume and runs a
-database's dump in that database's container. With the Docker socket itself it could do anything
-Docker can: start a privileged container, which is root on the host. This proxy, in a container
-of its own with no capability, holds the socket instead and lets through, on a socket of its own
-that only the backup container mounts:
-- POST /containers/NAME/pause and /unpause, GET /containers/NAME/json (answered with the
-  container's State only), for the containers of "pause";
-- POST /containers/NAME/exec whose body asks for exactly a command of "exec" (its container,
-  argv and user, output attached, nothing else), and then POST /exec/ID/start and GET /exec/ID/json
-  for the execs it created itself;
+database's dump in that database's container. JupyterHub starts and stops each person's
+notebook server. With the Docker socket itself either could do anything Docker can: start a
+privileged container, or one that mounts the host's /, which is root on the host. This proxy, in
+a container of its own with no capability, holds the socket instead and lets through, on a
+socket of its own that only its client mounts:
+- for the backups: POST /containers/NAME/pause and /unpause, GET /containers/NAME/json (answered
+  with the container's State only), for the containers of "pause"; POST /containers/NAME/exec
+  whose body asks for exactly a command of "exec" (its container, argv and user, output attached,
+  nothing else), and then POST /exec/ID/start and GET /exec/ID/json for the execs it created
+  itself;
+- for JupyterHub (its spawner, DockerSpawner, speaks Docker's versioned API, /v1.NN/...): the
+  engine's version, and the creation of a container named for a person of "spawn" from the
+  notebook image, as the notebook user, with no capability, on the deployment's network, within
+  the memory and CPU limits, mounting only that person's volume and the shared notebooks (read
+  only); then the state, start, stop and removal of those containers only;
 and refuses every other call (403, naming it).
 
 Written by hand: socket proxies such as HAProxy (tecnativa/docker-socket-proxy) filter by method
-and path only, and would let any command run in the database's container; this one checks the
-command in the request's body.
+and path only, and would let any command run in the database's container, or any container be
+created; this one checks the request's body.
 """
 
 from __future__ import annotations
@@ -75,6 +83,97 @@ class Rules:
             return found.group(1) if found and found.group(1) in self.execs else None
 
 
+# The fields of a notebook server's creation that may be set (any other must be empty), and how
+# its HostConfig's are checked (SpawnRules.refusal).
+CREATE_FIELDS = {"Image", "User", "Env", "Cmd", "Hostname", "Domainname", "ExposedPorts", "Volumes", "Labels",
+                 "WorkingDir", "AttachStdin", "AttachStdout", "AttachStderr", "Tty", "OpenStdin", "StdinOnce",
+                 "StopSignal", "StopTimeout", "HostConfig", "NetworkingConfig"}
+HOST_FIELDS = {"Binds", "NetworkMode", "Memory", "CpuPeriod", "CpuQuota", "CapDrop", "SecurityOpt", "PidsLimit",
+               "LogConfig", "AutoRemove"}
+LOG_DRIVERS = {"json-file", "local"}
+# Docker's versioned paths (DockerSpawner's client speaks /v1.NN/...).
+VERSIONED = re.compile(r"(?:/v1\.\d+)?(/[^?]*)(?:\?(.*))?")
+# A container's reference in a path: its name or id.
+REFERENCE = r"([A-Za-z0-9][A-Za-z0-9_.-]*)"
+
+
+class SpawnRules:
+    """The notebook servers JupyterHub may create, and what each may be (config "spawn"):
+    {"image", "user" (uid:gid), "network", "containers" (their names: each mounts the volume of
+    its own name at "home"), "home", "shared" ({"source", "target"}: a folder of the host,
+    mounted read-only), "memory" (bytes), "cpus"}."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.image = str(config["image"])
+        self.user = str(config["user"])
+        self.network = str(config["network"])
+        self.names = {str(name) for name in config["containers"]}
+        self.home = str(config["home"])
+        shared = config.get("shared") or {}
+        self.shared = f"{shared['source']}:{shared['target']}:ro" if shared else None
+        self.memory = int(config["memory"])
+        self.cpus = float(config["cpus"])
+
+    @staticmethod
+    def split(path: str) -> tuple[str, dict[str, str]]:
+        """The path without Docker's version, and its query."""
+        found = VERSIONED.fullmatch(path)
+        if not found:
+            return "", {}
+        return found.group(1), dict(urllib.parse.parse_qsl(found.group(2) or ""))
+
+    def reference(self, path: str, action: str) -> str | None:
+        """The container named in /containers/REF/ACTION (/containers/REF when action is empty)."""
+        found = re.fullmatch(r"/containers/" + REFERENCE + (("/" + re.escape(action)) if action else ""), path)
+        return found.group(1) if found else None
+
+    def managed(self, reference: str | None) -> bool:
+        """Whether the container (name or id) is a notebook server of these rules, asked of Docker."""
+        if not reference:
+            return False
+        status, body, _ = docker("GET", f"/containers/{reference}/json", None)
+        if status != 200:
+            return False
+        found = json.loads(body)
+        return found.get("Name", "").lstrip("/") in self.names and found.get("Config", {}).get("Image") == self.image
+
+    def refusal(self, query: dict[str, str], body: bytes) -> str | None:
+        """Why this creation is refused (the field at fault), or None."""
+        name = query.get("name", "")
+        if name not in self.names:
+            return f"the name {name!r}"
+        try:
+            asked = json.loads(body or b"{}")
+        except ValueError:
+            return "a body that is not JSON"
+        if not isinstance(asked, dict) or not isinstance(asked.get("HostConfig"), dict):
+            return "a body without HostConfig"
+        host = asked["HostConfig"]
+        extra = sorted(key for key in set(asked) - CREATE_FIELDS if asked[key])
+        extra += sorted(f"HostConfig.{key}" for key in set(host) - HOST_FIELDS if host[key])
+        if extra:
+            return ", ".join(extra)
+        binds = {f"{name}:{self.home}:rw", f"{name}:{self.home}"} | ({self.shared} if self.shared else set())
+        quota, period = host.get("CpuQuota") or 0, host.get("CpuPeriod") or 0
+        checks = {
+            "Image": asked.get("Image") == self.image,
+            "User": asked.get("User") == self.user,
+            "HostConfig.Binds": set(host.get("Binds") or []) <= binds,
+            "HostConfig.NetworkMode": host.get("NetworkMode") == self.network,
+            "NetworkingConfig": set((asked.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+            <= {self.network},
+            "HostConfig.Memory": isinstance(host.get("Memory"), int) and 0 < host["Memory"] <= self.memory,
+            "HostConfig.CpuQuota": isinstance(quota, int) and isinstance(period, int)
+            and 0 < quota and 0 < period and quota <= self.cpus * period,
+            "HostConfig.CapDrop": [cap.upper() for cap in host.get("CapDrop") or []] == ["ALL"],
+            "HostConfig.SecurityOpt": host.get("SecurityOpt") == ["no-new-privileges"],
+            "HostConfig.PidsLimit": isinstance(host.get("PidsLimit"), int) and host["PidsLimit"] > 0,
+            "HostConfig.LogConfig": (host.get("LogConfig") or {}).get("Type", "json-file") in LOG_DRIVERS,
+        }
+        wrong = [field for field, right in checks.items() if not right]
+        return ", ".join(wrong) if wrong else None
+
+
 def docker(method: str, path: str, body: bytes | None) -> tuple[int, bytes, str]:
     """One call to the Docker socket: its status, body and content type."""
     connection = http.client.HTTPConnection("localhost", timeout=3600)
@@ -89,14 +188,15 @@ def docker(method: str, path: str, body: bytes | None) -> tuple[int, bytes, str]
         connection.close()
 
 
-def handler(rules: Rules) -> type[BaseHTTPRequestHandler]:
+def handler(rules: Rules, spawn: SpawnRules | None = None,
+            client: str = "the backups") -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         # No keep-alive: one request, one answer, then the connection closes.
         protocol_version = "HTTP/1.0"
 
         def address_string(self) -> str:
             # A Unix socket's peer has no address (http.server would log client_address[0]).
-            return "backup"
+            return client
 
         def answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
             self.send_response(status)
@@ -105,8 +205,9 @@ def handler(rules: Rules) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def refuse(self) -> None:
-            message = f"aie-docker-proxy: {self.command} {self.path} is not a call the backups make"
+        def refuse(self, why: str = "") -> None:
+            message = f"aie-docker-proxy: {self.command} {self.path} is not a call {client} make" + (
+                f" (refused: {why})" if why else "")
             self.log_message("%s", message)
             self.answer(403, json.dumps({"message": message}).encode())
 
@@ -124,6 +225,8 @@ def handler(rules: Rules) -> type[BaseHTTPRequestHandler]:
                 self.answer(status, body)
             elif rules.exec_id(path, "json"):
                 self.answer(*docker("GET", path, None))
+            elif spawn and self.spawned("GET", ("json",)):
+                return
             else:
                 self.refuse()
 
@@ -139,13 +242,37 @@ def handler(rules: Rules) -> type[BaseHTTPRequestHandler]:
                 self.answer(status, answer, kind)
             elif rules.exec_id(path, "start"):
                 self.answer(*docker("POST", path, json.dumps({"Detach": False, "Tty": False}).encode()))
+            elif spawn and SpawnRules.split(path)[0] == "/containers/create":
+                why = spawn.refusal(SpawnRules.split(path)[1], body)
+                if why:
+                    self.refuse(why)
+                else:
+                    self.answer(*docker("POST", path, body))
+            elif spawn and self.spawned("POST", ("start", "stop", "wait")):
+                return
             else:
                 self.refuse()
 
         def do_DELETE(self) -> None:  # noqa: N802 - http.server's name
+            if not (spawn and self.spawned("DELETE", ("",))):
+                self.refuse()
+
+        def spawned(self, method: str, actions: tuple[str, ...]) -> bool:
+            """Let through a call about a notebook server (or the engine's version); False if it is none."""
+            assert spawn is not None
+            path, _ = SpawnRules.split(self.path)
+            if method == "GET" and path in ("/version", "/_ping"):
+                self.answer(*docker("GET", self.path, None))
+                return True
+            if not any(spawn.managed(spawn.reference(path, action)) for action in actions):
+                return False
+            self.answer(*docker(method, self.path, None))
+            return True
+
+        def do_PUT(self) -> None:  # noqa: N802 - http.server's name
             self.refuse()
 
-        do_PUT = do_HEAD = do_DELETE  # noqa: N815 - http.server's names
+        do_HEAD = do_PUT  # noqa: N815 - http.server's name
 
     return Handler
 
@@ -162,8 +289,9 @@ def main(argv: list[str]) -> int:
     path = config["socket"]
     if os.path.exists(path):
         os.remove(path)
-    with Server(path, handler(Rules(config))) as server:
-        os.chmod(path, 0o660)
+    spawn = SpawnRules(config["spawn"]) if config.get("spawn") else None
+    with Server(path, handler(Rules(config), spawn, str(config.get("client", "the backups")))) as server:
+        os.chmod(path, int(config.get("mode", 0o660)))
         print(f"aie-docker-proxy: listening on {path}", file=sys.stderr, flush=True)
         server.serve_forever()
     return 0
