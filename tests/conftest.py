@@ -28,7 +28,7 @@ BIN = Path(sys.executable).parent
 PREFIX = "aietest"
 PORTS = {
     "aie_mlflow_port": 15500, "aie_sftp_port": 12222, "aie_s3_port": 19000,
-    "aie_jupyterlab_port": 18888, "aie_serving_port": 15001,
+    "aie_jupyterlab_port": 18888, "aie_serving_port": 15001, "aie_jupyterhub_port": 18000,
 }
 # The S3 engine the tests deploy: the one a user gets by naming none (s3_default_engine, a
 # template: the fallback of its former name minio_default_engine, rendered here with neither set),
@@ -355,7 +355,8 @@ def jupyter_exec(*command: str, timeout: float = 600) -> subprocess.CompletedPro
 
 # The modules that share the end-to-end stack (the `stack` fixture): one group, so that one
 # worker deploys it once.
-STACK_MODULES = {"test_e2e_local", "test_notebook_e2e", "test_restore_drill", "test_s3_stress", "test_laptop_client"}
+STACK_MODULES = {"test_e2e_local", "test_notebook_e2e", "test_restore_drill", "test_s3_stress", "test_laptop_client",
+                 "test_jupyterhub"}
 # The longest groups, longest first, handed out before the others (`make test` passes
 # --no-loadscope-reorder, which keeps this order): a worker that drew a long group late would
 # leave the other idle at the end.
@@ -479,10 +480,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
                 "s3_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
                 # Users of the inventory, with generated passwords: alice may log runs in one
                 # experiment, bob in the other and is kept out of the first, carol (a laptop,
-                # tests/test_laptop_client.py) in both.
-                "mlflow_users": [{"name": "alice", "permissions": {"notebooks-s3": "EDIT"}},
-                                 {"name": "bob", "permissions": {"notebooks-sftp": "EDIT", "notebooks-s3": "DENY"}},
+                # tests/test_laptop_client.py) in both. alice and bob sign in to JupyterHub
+                # (tests/test_jupyterhub.py), whose servers are small and soon idle here.
+                "mlflow_users": [{"name": "alice", "jupyterhub": True, "permissions": {"notebooks-s3": "EDIT"}},
+                                 {"name": "bob", "jupyterhub": True,
+                                  "permissions": {"notebooks-sftp": "EDIT", "notebooks-s3": "DENY"}},
                                  {"name": "carol", "permissions": {"notebooks-sftp": "EDIT", "notebooks-s3": "EDIT"}}],
+                "jupyterhub_server_memory": "1g", "jupyterhub_server_cpus": 1.0,
+                "jupyterhub_idle_timeout": 300, "jupyterhub_cull_every": 30,
                 **PORTS}
     extra = write_vars(work / "vars.json", settings)
     # The test prefix belongs to the tests: containers and volumes left by an interrupted

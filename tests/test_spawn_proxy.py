@@ -77,7 +77,7 @@ def server(proxy: dict[str, Any], person: str = "alice", host: dict[str, Any] | 
     """What DockerSpawner asks for a person's server (aie_hub.configure's settings), with changes."""
     client = proxy["client"]
     host_config: dict[str, Any] = {
-        "binds": {name(person): {"bind": HOME, "mode": "rw"},
+        "binds": {name(person): {"bind": HOME, "mode": "rw,nocopy"},
                   str(proxy["shared"]): {"bind": "/home/aie/shared", "mode": "ro"}},
         "network_mode": proxy["network"], "mem_limit": MEMORY, "cpu_period": 100_000,
         "cpu_quota": int(CPUS * 100_000), "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
@@ -102,6 +102,10 @@ def refusal(call: Any) -> str:
 
 def test_a_persons_server_is_created_started_and_removed_through_the_proxy(proxy: dict[str, Any]) -> None:
     client = proxy["client"]
+    # DockerSpawner first looks for the server by its name: not there yet, Docker's 404.
+    with pytest.raises(APIError) as missing:
+        client.inspect_container(name("alice"))
+    assert missing.value.status_code == 404, missing.value
     created = server(proxy)
     client.start(created["Id"])
     found = client.inspect_container(created["Id"])

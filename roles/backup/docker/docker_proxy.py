@@ -153,7 +153,7 @@ class SpawnRules:
         extra += sorted(f"HostConfig.{key}" for key in set(host) - HOST_FIELDS if host[key])
         if extra:
             return ", ".join(extra)
-        binds = {f"{name}:{self.home}:rw", f"{name}:{self.home}"} | ({self.shared} if self.shared else set())
+        binds = {f"{name}:{self.home}:rw,nocopy", f"{name}:{self.home}:rw"} | ({self.shared} if self.shared else set())
         quota, period = host.get("CpuQuota") or 0, host.get("CpuPeriod") or 0
         checks = {
             "Image": asked.get("Image") == self.image,
@@ -264,7 +264,11 @@ def handler(rules: Rules, spawn: SpawnRules | None = None,
             if method == "GET" and path in ("/version", "/_ping"):
                 self.answer(*docker("GET", self.path, None))
                 return True
-            if not any(spawn.managed(spawn.reference(path, action)) for action in actions):
+            references = [spawn.reference(path, action) for action in actions]
+            # A server's state by its name, there or not (404: DockerSpawner starts it then);
+            # anything else only for a container that is one of the servers.
+            if not ((method == "GET" and any(reference in spawn.names for reference in references))
+                    or any(spawn.managed(reference) for reference in references)):
                 return False
             self.answer(*docker(method, self.path, None))
             return True
@@ -291,7 +295,7 @@ def main(argv: list[str]) -> int:
         os.remove(path)
     spawn = SpawnRules(config["spawn"]) if config.get("spawn") else None
     with Server(path, handler(Rules(config), spawn, str(config.get("client", "the backups")))) as server:
-        os.chmod(path, int(config.get("mode", 0o660)))
+        os.chmod(path, int(str(config.get("mode", "0660")), 8))
         print(f"aie-docker-proxy: listening on {path}", file=sys.stderr, flush=True)
         server.serve_forever()
     return 0

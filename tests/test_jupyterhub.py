@@ -1,0 +1,255 @@
+"""JupyterHub on the end-to-end stack: each person signs in with their MLflow account and gets a
+notebook server of their own.
+
+alice and bob (the stack's mlflow_users with `jupyterhub: true`) sign in through the hub's login
+form, start their servers through the hub's API, and run the project's notebook with papermill in
+them. alice may log to notebooks-s3 only, bob to notebooks-sftp and is kept out of notebooks-s3.
+The runs are by the person; bob is refused alice's runs and artifacts, from his server and from the
+controller; a server holds no storage credential and none of another person's files; the hub holds
+no Docker socket; an idle server is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from conftest import MLFLOW_URL, PORTS, PREFIX, run, secrets_in, tls_ca
+
+pytestmark = pytest.mark.docker
+
+HUB = f"https://127.0.0.1:{PORTS['aie_jupyterhub_port']}"
+NOTEBOOK = "/home/aie/work/log-a-run.ipynb"
+# Each person's experiment (the one they may log to).
+EXPERIMENT = {"alice": "notebooks-s3", "bob": "notebooks-sftp"}
+
+
+def server(person: str) -> str:
+    return f"{PREFIX}-jupyterhub-user-{person}"
+
+
+def password(stack: dict[str, Any], person: str) -> str:
+    return (stack["keys"] / "secrets" / "mlflow_users" / person).read_text().split()[0]
+
+
+def sign_in(stack: dict[str, Any], person: str, secret: str) -> tuple[requests.Session, requests.Response]:
+    """The hub's login form, as a browser fills it in (its _xsrf cookie and field)."""
+    session = requests.Session()
+    # The deployment's CA (not REQUESTS_CA_BUNDLE's, which requests would prefer).
+    session.trust_env = False
+    session.verify = str(tls_ca(stack["keys"]))
+    form = session.get(f"{HUB}/hub/login", timeout=30)
+    assert form.status_code == 200, form.text[:500]
+    xsrf = session.cookies.get("_xsrf", "")
+    answer = session.post(f"{HUB}/hub/login?next=", data={"username": person, "password": secret, "_xsrf": xsrf},
+                          allow_redirects=False, timeout=60)
+    if answer.status_code == 302:
+        # The signed-in session's XSRF token (a page of the hub sets it), for the API's POSTs.
+        session.get(f"{HUB}/hub/home", timeout=30)
+        session.headers["X-XSRFToken"] = [cookie.value for cookie in session.cookies if cookie.name == "_xsrf"][-1]
+    return session, answer
+
+
+def in_server(person: str, *command: str, timeout: float = 600) -> Any:
+    return run(["docker", "exec", server(person), *command], timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def people(stack: dict[str, Any]) -> Iterator[dict[str, dict[str, Any]]]:
+    """alice's and bob's servers, started through the hub, and what each measured."""
+    found: dict[str, dict[str, Any]] = {}
+    for person in EXPERIMENT:
+        started = time.perf_counter()
+        session, answer = sign_in(stack, person, password(stack, person))
+        assert answer.status_code == 302, (answer.status_code, answer.text[:500])
+        spawn = session.post(f"{HUB}/hub/api/users/{person}/server", timeout=60)
+        assert spawn.status_code in (201, 202), (spawn.status_code, spawn.text[:500])
+        deadline = time.monotonic() + 180
+        while True:
+            model = session.get(f"{HUB}/hub/api/users/{person}", timeout=30).json()
+            if (model.get("servers", {}).get("") or {}).get("ready"):
+                break
+            assert time.monotonic() < deadline, model
+            time.sleep(0.5)
+        seconds = time.perf_counter() - started
+        memory = run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", server(person)]).stdout.strip()
+        found[person] = {"session": session, "sign_in_to_server_s": round(seconds, 1), "idle_memory": memory}
+    print("jupyterhub servers:", json.dumps({person: {key: value for key, value in measured.items()
+                                                      if key != "session"} for person, measured in found.items()}))
+    yield found
+
+
+@pytest.fixture(scope="module")
+def logged(people: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each person runs the notebook with papermill in their own server: their run's id."""
+    runs = {}
+    for person, experiment in EXPERIMENT.items():
+        done = in_server(person, "papermill", "--no-progress-bar", NOTEBOOK, f"/tmp/{person}.ipynb",
+                         "-p", "experiment", experiment)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        printed = in_server(person, "cat", f"/tmp/{person}.ipynb").stdout
+        found = re.search(r"run ([0-9a-f]{32}) artifacts at", printed)
+        assert found, printed[-2000:]
+        runs[person] = found.group(1)
+    return runs
+
+
+def test_a_wrong_password_is_refused_by_the_hub_and_by_mlflow(stack: dict[str, Any]) -> None:
+    wrong = password(stack, "alice")[::-1]
+    session, answer = sign_in(stack, "alice", wrong)
+    assert answer.status_code == 403, answer.status_code
+    assert not [cookie for cookie in session.cookies if cookie.name.startswith("jupyterhub-session")]
+    assert session.get(f"{HUB}/hub/api/user", timeout=30).status_code == 403
+    mlflow = requests.get(f"{MLFLOW_URL}/api/2.0/mlflow/users/get", params={"username": "alice"},
+                          auth=("alice", wrong), verify=str(tls_ca(stack["keys"])), timeout=30)
+    assert mlflow.status_code == 401
+    # carol has an MLflow account but no `jupyterhub: true`.
+    _, carol = sign_in(stack, "carol", password(stack, "carol"))
+    assert carol.status_code == 403
+
+
+def test_each_server_has_the_notebooks_its_limits_and_its_own_volume(
+        stack: dict[str, Any], people: dict[str, dict[str, Any]]) -> None:
+    for person in EXPERIMENT:
+        listed = in_server(person, "ls", "/home/aie/work").stdout.split()
+        assert {"log-a-run.ipynb", "conv-net-in-keras.ipynb"} <= set(listed), listed
+        found = json.loads(run(["docker", "inspect", server(person)]).stdout)[0]
+        host = found["HostConfig"]
+        assert (host["Memory"], host["CpuQuota"], host["CpuPeriod"]) == (1024 ** 3, 100_000, 100_000)
+        assert (host["CapDrop"], host["SecurityOpt"], host["Privileged"]) == (["ALL"], ["no-new-privileges"], False)
+        assert found["Config"]["User"] == "10001:10001"
+        mounts = {(mount["Type"], mount.get("Name") or mount["Source"], mount["Destination"], mount["RW"])
+                  for mount in found["Mounts"]}
+        assert (("volume", f"{PREFIX}-jupyterhub-user-{person}", "/home/aie/work", True) in mounts), mounts
+        assert [mount for mount in mounts if mount[2] != "/home/aie/work"] == [
+            ("bind", mount[1], "/home/aie/shared", False) for mount in mounts if mount[2] == "/home/aie/shared"]
+        # The person's own files: written by the server's user, in their volume.
+        assert in_server(person, "sh", "-c", f"echo {person} > /home/aie/work/{person}-only.txt").returncode == 0
+
+
+def test_no_server_holds_a_storage_credential_or_another_persons_password(
+        stack: dict[str, Any], people: dict[str, dict[str, Any]]) -> None:
+    for person in EXPERIMENT:
+        env = in_server(person, "env").stdout
+        assert not re.search(r"^(AWS_|MLFLOW_S3_|AIE_SFTP)", env, re.M), env
+        home = in_server(person, "sh", "-c", "ls -A ~/.ssh ~/.aws ~/.mlflow 2>&1; cat /proc/1/environ").stdout
+        found = secrets_in(env + home, stack["keys"])
+        # The one secret a server holds: the person's own MLflow password (from their sign-in).
+        assert found == [f"secrets/mlflow_users/{person}"], found
+
+
+def test_the_runs_are_by_the_person(people: dict[str, dict[str, Any]], logged: dict[str, str]) -> None:
+    client = MlflowClient(tracking_uri=MLFLOW_URL)
+    for person, run_id in logged.items():
+        found = client.get_run(run_id)
+        assert found.info.user_id == person
+        experiment = client.get_experiment(found.info.experiment_id)
+        assert experiment.name == EXPERIMENT[person]
+        assert found.info.artifact_uri.startswith("mlflow-artifacts:/")
+        assert [item.path for item in client.list_artifacts(run_id, "summary")] == ["summary/summary.json"]
+
+
+BOB_READS = r"""
+import json, sys
+import requests
+from mlflow.tracking import MlflowClient
+from mlflow.exceptions import MlflowException
+run_id, experiment_id = sys.argv[1:]
+answers = {}
+try:
+    MlflowClient().get_run(run_id)
+    answers["run"] = "read"
+except MlflowException as error:
+    answers["run"] = error.error_code
+try:
+    MlflowClient().download_artifacts(run_id, "summary", "/tmp")
+    answers["artifact"] = "read"
+except Exception as error:
+    answers["artifact"] = "403" if "403" in str(error) else repr(error)[:300]
+print(json.dumps(answers))
+"""
+
+
+def test_bob_is_refused_alices_runs_and_artifacts_from_his_server_and_from_the_controller(
+        stack: dict[str, Any], logged: dict[str, str]) -> None:
+    alice_run = logged["alice"]
+    experiment_id = MlflowClient(tracking_uri=MLFLOW_URL).get_run(alice_run).info.experiment_id
+    done = in_server("bob", "python", "-c", BOB_READS, alice_run, experiment_id)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"run": "PERMISSION_DENIED", "artifact": "403"}
+    bob = ("bob", password(stack, "bob"))
+    ca = str(tls_ca(stack["keys"]))
+    refused = {
+        "run": requests.get(f"{MLFLOW_URL}/api/2.0/mlflow/runs/get", params={"run_id": alice_run}, auth=bob,
+                            verify=ca, timeout=30),
+        "artifact": requests.get(f"{MLFLOW_URL}/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{alice_run}"
+                                 "/artifacts/summary/summary.json", auth=bob, verify=ca, timeout=30),
+    }
+    assert {what: answer.status_code for what, answer in refused.items()} == {"run": 403, "artifact": 403}
+
+
+def test_bob_cannot_reach_alices_server_or_files(stack: dict[str, Any], people: dict[str, dict[str, Any]]) -> None:
+    # Through the hub: bob's session is not let into alice's server.
+    bobs = people["bob"]["session"]
+    answer = bobs.get(f"{HUB}/user/alice/api/contents/alice-only.txt", allow_redirects=False, timeout=30)
+    assert answer.status_code in (302, 403, 404) and "alice-only" not in answer.text, (answer.status_code,
+                                                                                       answer.text[:300])
+    # Straight to alice's server on the Docker network, with bob's server's own token.
+    alice = json.loads(run(["docker", "inspect", server("alice")]).stdout)[0]
+    address = next(iter(alice["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    probe = ("import os, urllib.request, urllib.error\n"
+             f"request = urllib.request.Request('http://{address}:8888/user/alice/api/contents/alice-only.txt?content=1',"
+             " headers={'Authorization': 'token ' + os.environ['JUPYTERHUB_API_TOKEN']})\n"
+             "try:\n    print(urllib.request.urlopen(request, timeout=20).status)\n"
+             "except urllib.error.HTTPError as error:\n    print(error.code)\n")
+    done = in_server("bob", "python", "-c", probe)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() in ("302", "403"), done.stdout
+    assert "alice-only" not in in_server("bob", "sh", "-c", "ls -A /home/aie/work /home/aie/shared").stdout
+
+
+HUB_DOCKER = r"""
+import json, docker
+client = docker.APIClient(base_url="unix:///run/aie-docker/docker.sock", version="auto")
+answers = {}
+for what, call in {"containers": lambda: client.containers(), "mlflow": lambda: client.inspect_container(
+        "%(prefix)s-mlflow"), "privileged": lambda: client.create_container(
+        "%(image)s", name="%(prefix)s-jupyterhub-user-alice2", host_config=client.create_host_config(privileged=True))}.items():
+    try:
+        call()
+        answers[what] = 200
+    except docker.errors.APIError as error:
+        answers[what] = error.status_code
+print(json.dumps(answers))
+"""
+
+
+def test_the_hub_holds_no_docker_socket_and_its_proxy_refuses_the_rest(stack: dict[str, Any]) -> None:
+    hub = json.loads(run(["docker", "inspect", f"{PREFIX}-jupyterhub"]).stdout)[0]
+    assert "/var/run/docker.sock" not in {mount["Source"] for mount in hub["Mounts"]}
+    assert hub["Config"]["User"] == "10001:10001" and hub["HostConfig"]["CapDrop"] == ["ALL"]
+    code = HUB_DOCKER % {"prefix": PREFIX, "image": "aie/jupyterlab:latest"}
+    done = run(["docker", "exec", f"{PREFIX}-jupyterhub", "python", "-c", code])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"containers": 403, "mlflow": 403, "privileged": 403}
+
+
+def test_an_idle_server_is_stopped_and_its_files_kept(stack: dict[str, Any], people: dict[str, dict[str, Any]],
+                                                      logged: dict[str, str]) -> None:
+    # jupyterhub_idle_timeout is 300 s here, checked every 30 s.
+    deadline = time.monotonic() + 420
+    while server("alice") in run(["docker", "ps", "-a", "--format", "{{.Names}}"]).stdout:
+        assert time.monotonic() < deadline, "alice's idle server was not stopped"
+        time.sleep(5)
+    session = people["alice"]["session"]
+    assert not session.get(f"{HUB}/hub/api/users/alice", timeout=30).json()["servers"]
+    kept = run(["docker", "run", "--rm", "-v", f"{PREFIX}-jupyterhub-user-alice:/v", "aie/jupyterlab:latest",
+                "cat", "/v/alice-only.txt"])
+    assert kept.stdout.strip() == "alice", kept.stdout + kept.stderr
