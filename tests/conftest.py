@@ -487,7 +487,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
                                   "permissions": {"notebooks-sftp": "EDIT", "notebooks-s3": "DENY"}},
                                  {"name": "carol", "permissions": {"notebooks-sftp": "EDIT", "notebooks-s3": "EDIT"}}],
                 "jupyterhub_server_memory": "1g", "jupyterhub_server_cpus": 1.0,
-                "jupyterhub_idle_timeout": 300, "jupyterhub_cull_every": 30,
+                "jupyterhub_idle_timeout": 180, "jupyterhub_cull_every": 20,
                 **PORTS}
     extra = write_vars(work / "vars.json", settings)
     # The test prefix belongs to the tests: containers and volumes left by an interrupted

@@ -102,6 +102,19 @@ def test_no_permissions_is_refused_with_a_line_that_names_deny(tmp_path: Path) -
     assert "mlflow_users: alice given NO_PERMISSIONS" in output and "use DENY to keep a user out" in output
 
 
+@pytest.mark.parametrize(("user", "settings", "shown"), [
+    ({"name": "Alice_B", "jupyterhub": True}, {}, "the names of Alice_B in mlflow_users (with jupyterhub: true)"),
+    ({"name": "alice", "jupyterhub": True}, {"jupyterhub_server_memory": "lots"}, "lots"),
+    ({"name": "alice", "jupyterhub": True}, {"jupyterhub_server_cpus": 0}, "jupyterhub_server_cpus above 0"),
+    ({"name": "alice", "jupyterhub": True}, {"aie_jupyterhub_crypt_key": "0123456789abcdef"}, "64 hex digits"),
+], ids=["a name a container cannot have", "a memory limit", "no CPU", "a short crypt key"])
+def test_bad_jupyterhub_settings_are_refused(tmp_path: Path, user: dict[str, object], settings: dict[str, object],
+                                             shown: str) -> None:
+    output = deploy(tmp_path, mlflow_users=[user], **settings)
+    assert "JupyterHub: " in output and shown in output
+    assert "0123456789abcdef" not in output
+
+
 @pytest.mark.parametrize(("variable", "value"), [("aie_container_log_max_size", "ten megabytes"),
                                                  ("aie_container_log_max_files", 0),
                                                  ("aie_container_pids_limit", 10)])

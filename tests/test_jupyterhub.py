@@ -219,9 +219,11 @@ HUB_DOCKER = r"""
 import json, docker
 client = docker.APIClient(base_url="unix:///run/aie-docker/docker.sock", version="auto")
 answers = {}
-for what, call in {"containers": lambda: client.containers(), "mlflow": lambda: client.inspect_container(
-        "%(prefix)s-mlflow"), "privileged": lambda: client.create_container(
-        "%(image)s", name="%(prefix)s-jupyterhub-user-alice2", host_config=client.create_host_config(privileged=True))}.items():
+privileged = client.create_host_config(privileged=True)
+calls = {"containers": lambda: client.containers(), "mlflow": lambda: client.inspect_container("%(prefix)s-mlflow"),
+         "privileged": lambda: client.create_container("%(image)s", name="%(prefix)s-jupyterhub-user-alice2",
+                                                       host_config=privileged)}
+for what, call in calls.items():
     try:
         call()
         answers[what] = 200
@@ -243,8 +245,8 @@ def test_the_hub_holds_no_docker_socket_and_its_proxy_refuses_the_rest(stack: di
 
 def test_an_idle_server_is_stopped_and_its_files_kept(stack: dict[str, Any], people: dict[str, dict[str, Any]],
                                                       logged: dict[str, str]) -> None:
-    # jupyterhub_idle_timeout is 300 s here, checked every 30 s.
-    deadline = time.monotonic() + 420
+    # jupyterhub_idle_timeout is 180 s here, checked every 20 s.
+    deadline = time.monotonic() + 300
     while server("alice") in run(["docker", "ps", "-a", "--format", "{{.Names}}"]).stdout:
         assert time.monotonic() < deadline, "alice's idle server was not stopped"
         time.sleep(5)

@@ -48,7 +48,7 @@ class MLflowAuthenticator(Authenticator):  # type: ignore[misc]
         response = await AsyncHTTPClient().fetch(request, raise_error=False)
         if response.code not in (200, 401, 403):
             self.log.error("MLflow answered %s to the sign-in of %s", response.code, username)
-        return response.code == 200
+        return bool(response.code == 200)
 
     async def authenticate(self, handler: Any, data: dict[str, str]) -> dict[str, Any] | None:
         username = self.normalize_username(data.get("username", ""))
