@@ -76,8 +76,11 @@ def logged(stack: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_container_runs(stack: dict[str, Any]) -> None:
     # Serving joins once a model is registered (tests/test_notebook_e2e.py may have run first).
-    names = set(containers(PREFIX)) - {f"{PREFIX}-serving"}
-    assert names == {f"{PREFIX}-{name}" for name in ("mlflow", "sftp", "s3", "jupyterlab", "backup", "docker-proxy")}
+    # The people's notebook servers come and go (tests/test_jupyterhub.py).
+    names = {name for name in containers(PREFIX) if not name.startswith(f"{PREFIX}-jupyterhub-user-")}
+    names -= {f"{PREFIX}-serving"}
+    assert names == {f"{PREFIX}-{name}" for name in ("mlflow", "sftp", "s3", "jupyterlab", "backup", "docker-proxy",
+                                                     "jupyterhub", "jupyterhub-docker-proxy")}
     # The S3 store runs the engine asked for, the default one unless AIE_TEST_S3_ENGINE names
     # another, and its volume records it.
     label = run(["docker", "volume", "inspect", "-f", '{{index .Labels "aie.s3-engine"}}', f"{PREFIX}-minio-data"])
@@ -198,7 +201,7 @@ def test_http_services_speak_only_https_with_the_deployments_ca(
     keys: Path = stack["keys"]
     other = another_ca(tmp_path / "other-ca.pem", x509.load_pem_x509_certificate(tls_ca(keys).read_bytes()).subject)
     answers = {}
-    for service, path in (("mlflow", "/health"), ("jupyterlab", "/api"), ("s3", "/")):
+    for service, path in (("mlflow", "/health"), ("jupyterlab", "/api"), ("s3", "/"), ("jupyterhub", "/hub/health")):
         port = PORTS[f"aie_{service}_port"]
         # A client without the CA (the system's authorities only) refuses the certificate.
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -207,7 +210,7 @@ def test_http_services_speak_only_https_with_the_deployments_ca(
                             "https with another CA": http_status(f"https://127.0.0.1:{port}{path}", cafile=other),
                             "plain http": http_status(f"http://127.0.0.1:{port}{path}")}
     # (S3 answers an anonymous listing with no bucket, or refuses it: an S3 answer either way.)
-    answered = {"mlflow": {200}, "jupyterlab": {200}, "s3": {200, 403}}
+    answered = {"mlflow": {200}, "jupyterlab": {200}, "s3": {200, 403}, "jupyterhub": {200}}
     assert all(answers[name]["https with the CA"] in answered[name] and answers[name]["plain http"] == 0
                and answers[name]["https with another CA"] == 0 for name in answered), answers
     # The host's certificate names what clients use (the containers' names on the Docker network,
@@ -217,7 +220,8 @@ def test_http_services_speak_only_https_with_the_deployments_ca(
     certificate = x509.load_pem_x509_certificate((keys / "tls" / "localhost.pem").read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(names.get_values_for_type(x509.DNSName)) == {
-        f"{PREFIX}-mlflow", f"{PREFIX}-jupyterlab", f"{PREFIX}-serving", f"{PREFIX}-s3", "localhost"}
+        f"{PREFIX}-mlflow", f"{PREFIX}-jupyterlab", f"{PREFIX}-jupyterhub", f"{PREFIX}-serving", f"{PREFIX}-s3",
+        "localhost"}
     assert {str(address) for address in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1"}
     # MLflow answers the same names only.
     command = run(["docker", "inspect", "-f", "{{json .Config.Cmd}}", f"{PREFIX}-mlflow"], timeout=60).stdout
@@ -315,9 +319,11 @@ def test_no_container_configuration_holds_a_secret(stack: dict[str, Any]) -> Non
 PYTHON_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"}
 SSHD_CAPS = PYTHON_CAPS | {"SYS_CHROOT", "NET_BIND_SERVICE"}
 CONFINED = {"mlflow": set(), "jupyterlab": set(), "sftp": SSHD_CAPS, "s3": set() if ENGINE == "rgw" else PYTHON_CAPS,
-            "backup": PYTHON_CAPS - {"KILL"} | {"DAC_READ_SEARCH", "FSETID"}, "docker-proxy": set()}
+            "backup": PYTHON_CAPS - {"KILL"} | {"DAC_READ_SEARCH", "FSETID"}, "docker-proxy": set(),
+            "jupyterhub": set(), "jupyterhub-docker-proxy": set()}
 # Containers whose root file system is read-only (the rgw engine's S3 server; MinIO's is not).
-READ_ONLY = {"mlflow", "sftp", "docker-proxy"} | ({"s3"} if ENGINE == "rgw" else set())
+READ_ONLY = {"mlflow", "sftp", "docker-proxy", "jupyterhub", "jupyterhub-docker-proxy"} | (
+    {"s3"} if ENGINE == "rgw" else set())
 CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
             "SETUID": 7, "NET_BIND_SERVICE": 10, "SYS_CHROOT": 18}
 

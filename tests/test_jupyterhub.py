@@ -137,12 +137,17 @@ def test_each_server_has_the_notebooks_its_limits_and_its_own_volume(
 def test_no_server_holds_a_storage_credential_or_another_persons_password(
         stack: dict[str, Any], people: dict[str, dict[str, Any]]) -> None:
     for person in EXPERIMENT:
-        env = in_server(person, "env").stdout
-        assert not re.search(r"^(AWS_|MLFLOW_S3_|AIE_SFTP)", env, re.M), env
-        home = in_server(person, "sh", "-c", "ls -A ~/.ssh ~/.aws ~/.mlflow 2>&1; cat /proc/1/environ").stdout
-        found = secrets_in(env + home, stack["keys"])
-        # The one secret a server holds: the person's own MLflow password (from their sign-in).
-        assert found == [f"secrets/mlflow_users/{person}"], found
+        # Nothing in the container's configuration (docker inspect) or environment.
+        inspected = run(["docker", "inspect", server(person)]).stdout
+        env = in_server(person, "sh", "-c", "env; cat /proc/1/environ").stdout
+        assert secrets_in(inspected + env, stack["keys"]) == [], person
+        assert not re.search(r"^(AWS_|MLFLOW_S3_|AIE_SFTP|MLFLOW_TRACKING_PASSWORD)", env, re.M), env
+        assert in_server(person, "sh", "-c", "ls -A ~/.ssh ~/.aws").returncode != 0
+        # The one secret a server holds: the person's own MLflow password, from their sign-in,
+        # in the credentials file of its home (in the container, not in the person's volume).
+        home = in_server(person, "sh", "-c", "stat -c %a ~/.mlflow/credentials; cat ~/.mlflow/credentials").stdout
+        assert home.startswith("600\n") and f"mlflow_tracking_username = {person}" in home, person
+        assert secrets_in(home, stack["keys"]) == [f"secrets/mlflow_users/{person}"], person
 
 
 def test_the_runs_are_by_the_person(people: dict[str, dict[str, Any]], logged: dict[str, str]) -> None:

@@ -6,11 +6,14 @@ role); ``configure`` turns them into JupyterHub's configuration (jupyterhub_conf
 Sign-in: ``MLflowAuthenticator`` asks MLflow, with the name and password typed in, for that
 person's own account (GET /api/2.0/mlflow/users/get, which MLflow answers only to the person
 themselves or an admin). MLflow's account store is the one list of passwords: a person removed
-from MLflow, or re-passworded, can no longer sign in with the old password, and no password is kept
-by the hub but in its encrypted auth_state (JupyterHub's CryptKeeper), from which each server gets
-its person's MLflow credentials. Written by hand: JupyterHub's authenticators (PAM, OAuth, LDAP,
-the Native one with its own sign-up) each keep a second list of accounts; MLflow's basic-auth has
-no OAuth provider to point OAuthenticator at.
+from MLflow, or re-passworded, can no longer sign in with the old password. Written by hand:
+JupyterHub's authenticators (PAM, OAuth, LDAP, the Native one with its own sign-up) each keep a
+second list of accounts, and MLflow's basic-auth has no OAuth provider to point OAuthenticator at.
+
+The hub keeps the password in its encrypted auth_state (JupyterHub's CryptKeeper) only. Each server
+asks the hub for its person's auth_state when it starts (aie-notebook-server, with the server's
+own API token, allowed that person's auth_state only): the password is in no container's
+configuration.
 
 Servers: DockerSpawner, through aie-docker-proxy (roles/backup/docker/docker_proxy.py), which lets
 the hub create only these servers, as configured here (image, user, no capability, the person's
@@ -64,14 +67,6 @@ class MLflowAuthenticator(Authenticator):  # type: ignore[misc]
         if not state or not await self.signs_in(user.name, state.get("mlflow_password", "")):
             return False
         return True
-
-
-def server_credentials(spawner: Any, auth_state: dict[str, Any] | None) -> None:
-    """auth_state_hook: the person's MLflow credentials, into their server's environment only."""
-    if not auth_state:
-        return
-    spawner.environment["MLFLOW_TRACKING_USERNAME"] = spawner.user.name
-    spawner.environment["MLFLOW_TRACKING_PASSWORD"] = auth_state["mlflow_password"]
 
 
 def configure(c: Any, settings: dict[str, Any]) -> None:
@@ -128,19 +123,23 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     c.DockerSpawner.http_timeout = spawn["start_timeout"]
     c.DockerSpawner.start_timeout = spawn["start_timeout"]
     c.Spawner.environment = {
-        # The notebook user has no entry in the image's /etc/passwd: the person's volume is the
-        # home (their pip installs and settings are kept with their notebooks).
-        "HOME": spawn["home"], "USER": "aie", "LOGNAME": "aie",
+        # The notebook user has no entry in the image's /etc/passwd: a home in the container, where
+        # aie-notebook-server writes the person's MLflow credentials (~/.mlflow/credentials).
+        "HOME": "/tmp/home", "USER": "aie", "LOGNAME": "aie",
         "MLFLOW_TRACKING_URI": settings["mlflow"]["server_url"],
         "MLFLOW_TRACKING_SERVER_CERT_PATH": SERVER_CA,
         "REQUESTS_CA_BUNDLE": SERVER_CA,
         "AIE_CA_PEM": open(settings["mlflow"]["ca_file"]).read(),
         "AIE_SHARED_NOTEBOOKS": (spawn.get("shared") or {}).get("target", ""),
     }
-    c.Spawner.auth_state_hook = server_credentials
+    # A person may read their own auth_state (their MLflow password), and so may their server's
+    # token (JUPYTERHUB_API_TOKEN): aie-notebook-server reads it from the hub when it starts.
+    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", "read:users:name!user",
+                                     "admin:auth_state!user"]
 
     cull = settings["cull"]
-    c.JupyterHub.load_roles = [{"name": "idle-culler", "services": ["idle-culler"],
+    c.JupyterHub.load_roles = [{"name": "user", "scopes": ["self", "admin:auth_state!user"]},
+                               {"name": "idle-culler", "services": ["idle-culler"],
                                 "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]}]
     c.JupyterHub.services = [{
         "name": "idle-culler",
