@@ -19,7 +19,7 @@ def seed(tmp_path: Path, project: Path, server: Path) -> int:
     play.mkdir(exist_ok=True)
     inventory = one_play_project(play, (
         "- name: Seed\n  hosts: localhost\n  gather_facts: false\n"
-        f"  vars_files: [{ROLE}/vars/main.yml]\n  tasks:\n"
+        f"  vars_files: [{ROLE}/vars/main.yml, {PROJECT}/group_vars/all/paths.yml]\n  tasks:\n"
         f"    - name: Notebooks\n      ansible.builtin.import_tasks: {ROLE}/tasks/notebooks.yml\n"))
     result = run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(play / "play.yml"),
                   "-e", f"aie_project_dir={project}", "-e", f"jupyterlab_notebooks_dir={server}"],

@@ -91,7 +91,9 @@ def test_requirements_resolve(role: str, platform: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, f"{role} does not resolve for {platform}:\n{result.stderr[-3000:]}"
     pinned = {line.split("==")[0].lower() for line in out.read_text().splitlines() if "==" in line}
-    assert f"mlflow=={MLFLOW_VERSION.group(1)}" in out.read_text().splitlines(), "MLflow is not the pinned release"
+    if ROLES / "python_image/docker/requirements.txt" in requirement_chain(role):
+        # (JupyterHub's image has no MLflow: its people's servers have.)
+        assert f"mlflow=={MLFLOW_VERSION.group(1)}" in out.read_text().splitlines(), "MLflow is not the pinned release"
     if ROLES / "ml_image/docker/requirements.txt" in requirement_chain(role):
         # The marker picks the build that has wheels for the machine.
         assert ("tensorflow-cpu" if platform.startswith("x86_64") else "tensorflow") in pinned, sorted(pinned)

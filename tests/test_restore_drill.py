@@ -27,7 +27,9 @@ import yaml
 
 from conftest import PREFIX, PROJECT, aie, in_jupyterlab, jupyter_exec, mlflow_status, run, write_vars
 
-VOLUMES = [f"{PREFIX}-{name}" for name in ("mlflow-data", "sftp-data", "minio-data")]
+# Every data volume of the stack: the services', and JupyterHub's with its people's (alice, bob).
+VOLUMES = [f"{PREFIX}-{name}" for name in ("mlflow-data", "sftp-data", "minio-data", "jupyterhub-data",
+                                           "jupyterhub-user-alice", "jupyterhub-user-bob")]
 
 LOG_DRILL_RUNS = r"""
 import json, os, sys, tempfile
