@@ -494,13 +494,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
     # earlier run (with other generated credentials) are removed first.
     leftovers = aie("down", "--purge", "--yes", "-e", extra, timeout=600)
     assert leftovers.returncode == 0, leftovers.stdout[-2000:] + leftovers.stderr[-2000:]
-    # `aie down --purge` keeps the deployment's state folder: what an earlier deployment of this
-    # prefix recorded there stays, here the people whose volumes it handed to the notebook user
-    # (in the form the first release of the jupyterhub role wrote). The purged volumes, made
-    # again, must be handed over all the same (tests/test_jupyterhub.py).
-    services = Path.home() / ".local" / "share" / "aie" / PREFIX / "services"
-    services.mkdir(parents=True, exist_ok=True)
-    (services / "jupyterhub-people.json").write_text('["alice", "bob"]\n')
     with building(tmp_path_factory):
         up = aie("up", "-e", extra)
     try:
