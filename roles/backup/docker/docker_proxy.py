@@ -1,10 +1,9 @@
 #!/usr/bin/python3
 """The Docker API, cut down to the calls of one client: the backups, or JupyterHub's spawner.
 
-Usage: aie-docker-proxy CONFIG   (JSON: "socket", the socket to listen on, and "mode", its mode
-(default 0o660); "pause", containers the backups pause; "exec", the commands they run, each
-{"container", "command", "user"}; "spawn", the notebook servers JupyterHub may start, see
-SpawnRules)
+Usage: aie-docker-proxy CONFIG   (JSON: "socket", the socket to listen on; "client", who asks;
+"pause", containers the backups pause; "exec", the commands they run, each {"container",
+"command", "user"}; "spawn", the notebook servers JupyterHub may start, see SpawnRules)
 
 The backup container pauses the object store while restic reads its volume and runs a
 database's dump in that database's container. JupyterHub starts and stops each person's
@@ -242,8 +241,8 @@ def handler(rules: Rules, spawn: SpawnRules | None = None,
                 self.answer(status, answer, kind)
             elif rules.exec_id(path, "start"):
                 self.answer(*docker("POST", path, json.dumps({"Detach": False, "Tty": False}).encode()))
-            elif spawn and SpawnRules.split(path)[0] == "/containers/create":
-                why = spawn.refusal(SpawnRules.split(path)[1], body)
+            elif spawn and (asked := SpawnRules.split(path))[0] == "/containers/create":
+                why = spawn.refusal(asked[1], body)
                 if why:
                     self.refuse(why)
                 else:
@@ -295,7 +294,7 @@ def main(argv: list[str]) -> int:
         os.remove(path)
     spawn = SpawnRules(config["spawn"]) if config.get("spawn") else None
     with Server(path, handler(Rules(config), spawn, str(config.get("client", "the backups")))) as server:
-        os.chmod(path, int(str(config.get("mode", "0660")), 8))
+        os.chmod(path, 0o660)
         print(f"aie-docker-proxy: listening on {path}", file=sys.stderr, flush=True)
         server.serve_forever()
     return 0

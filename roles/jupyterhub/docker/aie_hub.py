@@ -122,14 +122,16 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     c.DockerSpawner.cmd = ["aie-notebook-server"]
     c.DockerSpawner.http_timeout = spawn["start_timeout"]
     c.DockerSpawner.start_timeout = spawn["start_timeout"]
+    with open(settings["mlflow"]["ca_file"]) as ca:
+        ca_pem = ca.read()
     c.Spawner.environment = {
         # The notebook user has no entry in the image's /etc/passwd: a home in the container, where
         # aie-notebook-server writes the person's MLflow credentials (~/.mlflow/credentials).
         "HOME": "/tmp/home", "USER": "aie", "LOGNAME": "aie",
-        "MLFLOW_TRACKING_URI": settings["mlflow"]["server_url"],
+        "MLFLOW_TRACKING_URI": settings["mlflow"]["url"],
         "MLFLOW_TRACKING_SERVER_CERT_PATH": SERVER_CA,
         "REQUESTS_CA_BUNDLE": SERVER_CA,
-        "AIE_CA_PEM": open(settings["mlflow"]["ca_file"]).read(),
+        "AIE_CA_PEM": ca_pem,
         "AIE_SHARED_NOTEBOOKS": (spawn.get("shared") or {}).get("target", ""),
     }
     # A person may read their own auth_state (their MLflow password), and so may their server's
