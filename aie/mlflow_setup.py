@@ -10,6 +10,7 @@ about 3 s on every ``aie up``, for the same handful of documented REST calls mad
            "store_tag": "aie.artifact_store",
            "accounts": [{"username": ..., "password": ..., "admin": false,
                          "permissions": {"<experiment>": "EDIT"}}],
+           "retired": ["<name>"],
            "check": false}' | python -m aie.mlflow_setup
 
 The settings come on stdin because they hold passwords: a command line or an environment
@@ -17,7 +18,9 @@ given through a shell can be read by other users of the host. ``ca_file`` is the
 https url is checked against (the system's when absent). Prints one JSON object,
 ``{"changed": [...]}``, one line per change (made, or in check mode to be made); on an error,
 prints one line naming the culprit to stderr and exits 1. Passwords are never printed.
-Accounts not listed are left alone (admins may add users in the UI).
+``retired`` names accounts that aie made and the inventory no longer lists (a person removed
+from ``mlflow_users``): they are deleted where they exist, with their permissions. Accounts
+neither listed nor retired are left alone (admins may add users in the UI).
 
 Every call signs in, and the server checks the password's hash each time (about 0.2 s here):
 the lookups, which do not depend on each other, are made a few at a time; the changes, rare,
@@ -219,6 +222,20 @@ def permissions(admin: Server, wanted: dict[str, Any], ids: dict[str, str], exis
                      {**target(experiment), "permission": permission})
 
 
+def retire(admin: Server, names: list[str], check: bool, changed: list[str]) -> None:
+    """Delete the retired accounts that exist: the person can no longer sign in (MLflow drops
+    their permissions with the account)."""
+    for name in names:
+        status, found = admin.call("GET", "/api/2.0/mlflow/users/get", query={"username": name})
+        if status == 404:
+            continue
+        if status != 200:
+            raise SetupError(f"MLflow refused to look up account {name}: {status} {message(found)}")
+        changed.append(f"account {name} deleted")
+        if not check:
+            admin.expect("DELETE", "/api/2.0/mlflow/users/delete", {"username": name})
+
+
 def setup(settings: dict[str, Any]) -> list[str]:
     check = bool(settings.get("check", False))
     tls = ssl.create_default_context(cafile=settings["ca_file"]) if settings.get("ca_file") else None
@@ -229,12 +246,17 @@ def setup(settings: dict[str, Any]) -> list[str]:
             f"MLflow does not accept the admin account {admin.username} with the configured password "
             f"({status} {message(answer)}): the server keeps the password it was first given. "
             "Set aie_mlflow_admin_password to it, or see the README on rotating it.")
+    accounts = settings.get("accounts", [])
+    retired = settings.get("retired", [])
+    in_use = sorted(set(retired) & ({wanted["username"] for wanted in accounts} | {admin.username}))
+    if in_use:
+        raise SetupError(f"account {in_use[0]} is both retired and in use: it is not deleted")
     changed: list[str] = []
     ids = experiment_ids(admin, settings.get("experiments", []), settings.get("store_tag", ""), check, changed)
-    accounts = settings.get("accounts", [])
     for wanted, own in zip(accounts, each(lambda wanted: signed_in(admin, wanted), accounts), strict=True):
         exists = account(admin, wanted, own, check, changed)
         permissions(admin, wanted, ids, exists, check, changed)
+    retire(admin, retired, check, changed)
     return changed
 
 

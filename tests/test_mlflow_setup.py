@@ -159,3 +159,38 @@ def test_a_server_that_does_not_answer_is_named(tmp_path: Path) -> None:
     result = setup(url, experiments=EXPERIMENTS)
     assert result.returncode == 1
     assert f"MLflow does not answer at {url}" in result.stderr
+
+
+def test_a_retired_account_is_deleted_and_no_other(server: str) -> None:
+    """A person removed from mlflow_users (retired by the role) can no longer sign in; an account
+    made in the UI, and the listed ones, are kept."""
+    leaving = {"username": "leaving", "password": "leaving-password-0123", "admin": False,
+               "permissions": {"team-a": "EDIT"}}
+    staying = {"username": "staying", "password": "staying-password-0123", "admin": False, "permissions": {}}
+    assert changes(setup(server, experiments=EXPERIMENTS, accounts=[leaving, staying]))[:2] == [
+        "account leaving created", "leaving given EDIT on experiment team-a"]
+    ui_made = ("made-in-the-ui", "made-in-the-ui-password-01")
+    assert http_status(f"{server}/api/2.0/mlflow/users/create", ADMIN,
+                       {"username": ui_made[0], "password": ui_made[1]}) == 200
+    probe = f"{server}/api/2.0/mlflow/users/get?username="
+    wanted = {"experiments": EXPERIMENTS, "accounts": [staying], "retired": ["leaving", "never-made"]}
+    assert changes(setup(server, check=True, **wanted)) == ["account leaving deleted"]
+    assert http_status(probe + "leaving", (leaving["username"], leaving["password"])) == 200
+    assert changes(setup(server, **wanted)) == ["account leaving deleted"]
+    assert changes(setup(server, **wanted)) == []
+    assert http_status(probe + "leaving", (leaving["username"], leaving["password"])) == 401
+    assert http_status(probe + "leaving", ADMIN) == 404
+    assert http_status(probe + ui_made[0], ui_made) == 200
+    assert http_status(probe + "staying", (staying["username"], staying["password"])) == 200
+    # Made again, the account has no permission left from before.
+    assert changes(setup(server, experiments=EXPERIMENTS, accounts=[{**leaving, "permissions": {}}])) == [
+        "account leaving created"]
+
+
+def test_retiring_a_listed_account_or_the_admin_is_refused_by_name(server: str) -> None:
+    for name, accounts in (("staying", [{"username": "staying", "password": "staying-password-0123"}]),
+                           ("admin", [])):
+        result = setup(server, experiments=EXPERIMENTS, accounts=accounts, retired=[name])
+        assert result.returncode == 1
+        assert f"account {name} is both retired and in use" in result.stderr
+    assert http_status(f"{server}/api/2.0/mlflow/users/get?username=admin", ADMIN) == 200
