@@ -6,22 +6,47 @@ form, start their servers through the hub's API, and run the project's notebook 
 them. alice may log to notebooks-s3 only, bob to notebooks-sftp and is kept out of notebooks-s3.
 The runs are by the person; bob is refused alice's runs and artifacts, from his server and from the
 controller; a server holds no storage credential and none of another person's files; the hub holds
-no Docker socket; an idle server is stopped.
+no Docker socket; an idle server is stopped; a person taken out of the inventory signs in nowhere.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import MLFLOW_URL, PORTS, PREFIX, run, secrets_in, tls_ca
+from conftest import (
+    ARTIFACTS,
+    MLFLOW_URL,
+    PORTS,
+    PREFIX,
+    aie,
+    chromium,
+    containers,
+    require,
+    run,
+    secrets_in,
+    tls_ca,
+    trusting,
+    write_vars,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -61,6 +86,25 @@ def in_server(person: str, *command: str, timeout: float = 600) -> Any:
     return run(["docker", "exec", server(person), *command], timeout=timeout)
 
 
+def start_server(session: requests.Session, person: str) -> None:
+    """Start the person's server through the hub's API, signed in as them; wait until it is ready."""
+    spawn = session.post(f"{HUB}/hub/api/users/{person}/server", timeout=60)
+    assert spawn.status_code in (201, 202), (spawn.status_code, spawn.text[:500])
+    deadline = time.monotonic() + 180
+    while True:
+        model = session.get(f"{HUB}/hub/api/users/{person}", timeout=30).json()
+        if (model.get("servers", {}).get("") or {}).get("ready"):
+            return
+        assert time.monotonic() < deadline, model
+        time.sleep(0.5)
+
+
+def in_volume(person: str, name: str) -> str:
+    """A file in the person's volume, read with no server running."""
+    return run(["docker", "run", "--rm", "-v", f"{server(person)}:/v", "aie/jupyterlab:latest", "cat",
+                f"/v/{name}"]).stdout.strip()
+
+
 @pytest.fixture(scope="module")
 def people(stack: dict[str, Any]) -> Iterator[dict[str, dict[str, Any]]]:
     """alice's and bob's servers, started through the hub, and what each measured."""
@@ -69,15 +113,7 @@ def people(stack: dict[str, Any]) -> Iterator[dict[str, dict[str, Any]]]:
         started = time.perf_counter()
         session, answer = sign_in(stack, person, password(stack, person))
         assert answer.status_code == 302, (answer.status_code, answer.text[:500])
-        spawn = session.post(f"{HUB}/hub/api/users/{person}/server", timeout=60)
-        assert spawn.status_code in (201, 202), (spawn.status_code, spawn.text[:500])
-        deadline = time.monotonic() + 180
-        while True:
-            model = session.get(f"{HUB}/hub/api/users/{person}", timeout=30).json()
-            if (model.get("servers", {}).get("") or {}).get("ready"):
-                break
-            assert time.monotonic() < deadline, model
-            time.sleep(0.5)
+        start_server(session, person)
         seconds = time.perf_counter() - started
         memory = run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", server(person)]).stdout.strip()
         found[person] = {"session": session, "sign_in_to_server_s": round(seconds, 1), "idle_memory": memory}
@@ -248,15 +284,124 @@ def test_the_hub_holds_no_docker_socket_and_its_proxy_refuses_the_rest(stack: di
     assert json.loads(done.stdout) == {"containers": 403, "mlflow": 403, "privileged": 403}
 
 
+@contextlib.contextmanager
+def browser(env: dict[str, str]) -> Iterator[webdriver.Chrome]:
+    """Debian's Chromium, driven by Debian's ChromeDriver through Selenium (a form filled in and
+    a button pressed, which Chromium's own --headless flags cannot do), with the flags this
+    machine's closed network needs and a new empty profile. env: the browser's environment (a
+    home that trusts the deployment's CA, conftest.trusting)."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,900"):
+        options.add_argument(flag)
+    driver_path = shutil.which("chromedriver")
+    require(driver_path is not None, "ChromeDriver (Debian's chromium-driver), for the browser tests")
+    with tempfile.TemporaryDirectory(prefix="aie-chromium-") as profile:
+        options.add_argument(f"--user-data-dir={profile}")
+        driver = webdriver.Chrome(options=options, service=ChromeService(str(driver_path), env={**os.environ, **env}))
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def shown(driver: webdriver.Chrome, text: str, seconds: float = 120) -> None:
+    """Wait until the page shows text; else fail with what it shows."""
+    try:
+        WebDriverWait(driver, seconds).until(lambda page: text in page.find_element(By.TAG_NAME, "body").text)
+    except TimeoutException:
+        raise AssertionError(f"{driver.current_url} never showed {text!r}: "
+                             f"{driver.find_element(By.TAG_NAME, 'body').text[:1000]}") from None
+
+
+def test_a_browser_signs_in_to_the_hub_and_opens_jupyterlab_and_the_mlflow_ui(
+        stack: dict[str, Any], people: dict[str, dict[str, Any]], logged: dict[str, str], tmp_path: Path) -> None:
+    """bob, in a browser: the hub's sign-in form, his JupyterLab with the project's notebook, and
+    MLflow's UI, where he finds his run (his browser answers MLflow's sign-in prompt: basic auth).
+    Screenshots in test-artifacts/. (bob's, not alice's: the idle test waits on alice's server.)"""
+    ARTIFACTS.mkdir(exist_ok=True)
+    secret = password(stack, "bob")
+    with browser(trusting(tls_ca(stack["keys"]), tmp_path / "home")) as driver:
+        driver.get(f"{HUB}/hub/login")
+        driver.find_element(By.ID, "username_input").send_keys("bob")
+        driver.find_element(By.ID, "password_input").send_keys(secret)
+        driver.save_screenshot(str(ARTIFACTS / "jupyterhub-sign-in.png"))
+        driver.find_element(By.ID, "login_submit").click()
+        # The hub starts his server (or finds it running) and opens his JupyterLab.
+        WebDriverWait(driver, 180).until(lambda page: "/user/bob/lab" in page.current_url)
+        shown(driver, "log-a-run.ipynb")
+        driver.save_screenshot(str(ARTIFACTS / "jupyterhub-lab.png"))
+        assert "alice-only.txt" not in driver.find_element(By.TAG_NAME, "body").text
+
+        client = MlflowClient(tracking_uri=MLFLOW_URL)
+        run_name = client.get_run(logged["bob"]).info.run_name
+        experiment = client.get_experiment_by_name(EXPERIMENT["bob"])
+        assert experiment is not None
+        # What a browser sends once its user has answered the sign-in prompt.
+        driver.execute_cdp_cmd("Network.enable", {})
+        token = base64.b64encode(f"bob:{secret}".encode()).decode()
+        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+        driver.get(f"{MLFLOW_URL}/#/experiments/{experiment.experiment_id}/runs/{logged['bob']}")
+        shown(driver, str(run_name))
+        shown(driver, "Created by")
+        driver.save_screenshot(str(ARTIFACTS / "mlflow-as-bob.png"))
+        assert re.search(r"Created by\s+bob\b", driver.find_element(By.TAG_NAME, "body").text)
+    for shot in ("jupyterhub-sign-in.png", "jupyterhub-lab.png", "mlflow-as-bob.png"):
+        assert (ARTIFACTS / shot).stat().st_size > 10_000, shot
+
+
+def test_a_removed_person_signs_in_nowhere_and_an_added_one_again(
+        stack: dict[str, Any], people: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """bob is taken out of mlflow_users and `aie up` runs: MLflow deletes his account, the hub
+    refuses him and forgets his session, his server is stopped, his volume is kept. Put back, he
+    signs in with his password and finds his files, and the stack's other modules find bob as
+    the stack's settings have him. (Before the idle test: alice's server idles meanwhile.)"""
+    bobs = people["bob"]["session"]
+    # A server started now: the idle culler (180 s here) leaves it running through `aie up`.
+    bobs.delete(f"{HUB}/hub/api/users/bob/server", timeout=120)
+    deadline = time.monotonic() + 120
+    while server("bob") in containers(PREFIX):
+        assert time.monotonic() < deadline, "bob's server was not stopped"
+        time.sleep(1)
+    start_server(bobs, "bob")
+    assert in_server("bob", "sh", "-c", "echo bob > /home/aie/work/bob-only.txt").returncode == 0
+    settings = json.loads(Path(stack["extra"].removeprefix("@")).read_text())
+    settings["mlflow_users"] = [user for user in settings["mlflow_users"] if user["name"] != "bob"]
+    up = aie("up", "-e", write_vars(tmp_path / "without-bob.json", settings))
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+
+    secret, ca = password(stack, "bob"), str(tls_ca(stack["keys"]))
+    accounts = f"{MLFLOW_URL}/api/2.0/mlflow/users/get"
+    admin = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"])
+    assert requests.get(accounts, params={"username": "bob"}, auth=admin, verify=ca, timeout=30).status_code == 404
+    assert requests.get(accounts, params={"username": "bob"}, auth=("bob", secret), verify=ca,
+                        timeout=30).status_code == 401
+    _, refused = sign_in(stack, "bob", secret)
+    assert refused.status_code == 403
+    assert bobs.get(f"{HUB}/hub/api/user", timeout=30).status_code == 403
+    assert server("bob") not in containers(PREFIX)
+    assert in_volume("bob", "bob-only.txt") == "bob"
+    _, alice = sign_in(stack, "alice", password(stack, "alice"))
+    assert alice.status_code == 302
+
+    up = aie("up", "-e", stack["extra"])
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    session, answer = sign_in(stack, "bob", secret)
+    assert answer.status_code == 302, answer.status_code
+    start_server(session, "bob")
+    assert in_server("bob", "cat", "/home/aie/work/bob-only.txt").stdout.strip() == "bob"
+
+
 def test_an_idle_server_is_stopped_and_its_files_kept(stack: dict[str, Any], people: dict[str, dict[str, Any]],
                                                       logged: dict[str, str]) -> None:
-    # jupyterhub_idle_timeout is 180 s here, checked every 20 s.
+    # jupyterhub_idle_timeout is 180 s here, checked every 20 s. (Last: alice's server has idled
+    # through the tests before, which are bob's.)
     deadline = time.monotonic() + 300
     while server("alice") in run(["docker", "ps", "-a", "--format", "{{.Names}}"]).stdout:
         assert time.monotonic() < deadline, "alice's idle server was not stopped"
         time.sleep(5)
     session = people["alice"]["session"]
     assert not session.get(f"{HUB}/hub/api/users/alice", timeout=30).json()["servers"]
-    kept = run(["docker", "run", "--rm", "-v", f"{PREFIX}-jupyterhub-user-alice:/v", "aie/jupyterlab:latest",
-                "cat", "/v/alice-only.txt"])
-    assert kept.stdout.strip() == "alice", kept.stdout + kept.stderr
+    assert in_volume("alice", "alice-only.txt") == "alice"

@@ -61,6 +61,15 @@ class MLflowAuthenticator(Authenticator):  # type: ignore[misc]
             return None
         return {"name": username, "auth_state": {"mlflow_password": password}}
 
+    def add_user(self, user: Any) -> None:
+        """Called at each start for every person in the hub's database: one no longer among the
+        people is refused, and the hub deletes them (delete_invalid_users) with their tokens, their
+        auth_state and their server's record. JupyterHub would otherwise let anyone once allowed
+        sign in again (allow_existing_users)."""
+        if user.name not in self.allowed_users:
+            raise ValueError(f"{user.name} is no longer one of the people")
+        super().add_user(user)
+
     async def refresh_user(self, user: Any, handler: Any = None) -> bool | dict[str, Any]:
         """Before each spawn (refresh_pre_spawn) and now and then: the password still signs in to MLflow."""
         state = await user.get_auth_state()
@@ -87,6 +96,8 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     c.MLflowAuthenticator.mlflow_url = settings["mlflow"]["url"]
     c.MLflowAuthenticator.ca_file = settings["mlflow"]["ca_file"]
     c.Authenticator.allowed_users = set(settings["people"])
+    c.Authenticator.allow_existing_users = False
+    c.Authenticator.delete_invalid_users = True
     c.Authenticator.admin_users = set()
     c.Authenticator.enable_auth_state = True
     c.Authenticator.refresh_pre_spawn = True
