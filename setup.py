@@ -32,6 +32,8 @@ setup(
             # `make unit` runs on every core, `make test` on two workers; filelock lets the
             # workers take turns at building images.
             "pytest-xdist>=3.5,<4",
+            # Drives Debian's Chromium through its ChromeDriver (tests/test_jupyterhub.py).
+            "selenium>=4.30,<5",
             "filelock>=3.12",
             "ruff>=0.6",
             "mypy>=1.10",

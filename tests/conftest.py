@@ -509,3 +509,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
         assert containers(PREFIX) == []
 
 
+# What the browser tests keep: their screenshots.
+ARTIFACTS = PROJECT / "test-artifacts"
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    require(found is not None, "Chromium (Debian's chromium), for the browser tests")
+    assert found is not None
+    return found
+
+
+def trusting(ca: Path, home: Path) -> dict[str, str]:
+    """The environment of a browser that trusts ca as its user would after the README's step:
+    a home whose NSS database (where Chromium on Linux looks) holds the CA."""
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True)
+    for step in (["-N", "--empty-password"], ["-A", "-t", "C,,", "-n", "aie CA", "-i", str(ca)]):
+        done = run(["certutil", "-d", f"sql:{nssdb}", *step], timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return {"HOME": str(home)}

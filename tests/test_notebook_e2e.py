@@ -9,7 +9,6 @@ import http.client
 import http.server
 import json
 import re
-import shutil
 import ssl
 import tempfile
 import threading
@@ -28,26 +27,26 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from conftest import (
+    ARTIFACTS,
     MLFLOW_URL,
     PORTS,
     PREFIX,
-    PROJECT,
     aie,
     assert_unprivileged,
+    chromium,
     http_status,
     in_jupyterlab,
     jupyter_exec,
-    require,
     run,
     s3_client,
     tls_ca,
+    trusting,
 )
 
 NOTEBOOK = "/home/aie/work/conv-net-in-keras.ipynb"
 MODEL = "conv-net-digits"
 EPOCHS = 6
 EXPERIMENTS = ("notebooks-sftp", "notebooks-s3")
-ARTIFACTS = PROJECT / "test-artifacts"
 MLFLOW = MLFLOW_URL
 
 
@@ -290,24 +289,6 @@ def test_a_notebook_failing_mid_training_leaves_a_failed_run(
     failed = client.get_run(run_ids[0])
     assert failed.info.status == "FAILED"
     assert len(client.get_metric_history(run_ids[0], "loss")) == 2
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    require(found is not None, "Chromium (Debian's chromium), for the browser tests")
-    assert found is not None
-    return found
-
-
-def trusting(ca: Path, home: Path) -> dict[str, str]:
-    """The environment of a browser that trusts ca as its user would after the README's step:
-    a home whose NSS database (where Chromium on Linux looks) holds the CA."""
-    nssdb = home / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    for step in (["-N", "--empty-password"], ["-A", "-t", "C,,", "-n", "aie CA", "-i", str(ca)]):
-        done = run(["certutil", "-d", f"sql:{nssdb}", *step], timeout=60)
-        assert done.returncode == 0, done.stdout + done.stderr
-    return {"HOME": str(home)}
 
 
 def browse(url: str, screenshot: str | None, env: dict[str, str] | None = None) -> str:
