@@ -1,0 +1,73 @@
+"""When no person of mlflow_users has `jupyterhub: true` any more, `aie up` removes the hub an
+earlier run left: its container, its Docker proxy and the people's servers go (nobody signs in to a
+hub that kept the people it was started with), their volumes stay, and nothing else is touched.
+
+The hub's containers here are stand-ins of the common image under the hub's names (deploying the
+hub takes minutes; tests/test_jupyterhub.py does it): the playbook finds and removes them by
+name, on the real Docker engine, as it would the real ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ansible_playbook, containers, run, write_vars
+
+pytestmark = pytest.mark.docker
+PREFIX = "aiert"
+HUB = [f"{PREFIX}-jupyterhub", f"{PREFIX}-jupyterhub-docker-proxy", f"{PREFIX}-jupyterhub-people",
+       f"{PREFIX}-jupyterhub-user-dana", f"{PREFIX}-jupyterhub-user-eve-2"]
+# Of the same deployment or of another, under names that only look alike: kept.
+BYSTANDERS = [f"{PREFIX}-jupyterlab", f"{PREFIX}-jupyterhubby", f"{PREFIX}-jupyterhub-user-", f"x{PREFIX}-jupyterhub"]
+VOLUME = f"{PREFIX}-jupyterhub-user-dana"
+
+
+def remove_all() -> None:
+    run(["docker", "rm", "-f", *HUB, *BYSTANDERS], timeout=120)
+    run(["docker", "volume", "rm", "-f", VOLUME], timeout=60)
+
+
+@pytest.fixture
+def left_behind(common_image: None) -> Iterator[None]:
+    remove_all()
+    assert run(["docker", "volume", "create", VOLUME]).returncode == 0
+    for name in HUB + BYSTANDERS:
+        mounts = ["-v", f"{VOLUME}:/work"] if name.endswith("-user-dana") else []
+        started = run(["docker", "run", "-d", "--name", name, *mounts, "aie/common:latest", "sleep", "infinity"])
+        assert started.returncode == 0, started.stderr
+    assert run(["docker", "run", "--rm", "-v", f"{VOLUME}:/work", "aie/common:latest", "sh", "-c",
+                "echo dana > /work/dana.txt"]).returncode == 0
+    try:
+        yield
+    finally:
+        remove_all()
+
+
+def changed(output: str) -> int:
+    return sum(int(n) for n in re.findall(r"changed=(\d+)", output))
+
+
+def test_a_hub_no_one_may_use_is_removed_and_its_volumes_kept(left_behind: None, tmp_path: Path) -> None:
+    extra = write_vars(tmp_path / "vars.json", {"aie_name_prefix": PREFIX, "aie_keys_dir": str(tmp_path / "keys"),
+                                               "mlflow_users": [{"name": "dana"}]})
+    playbook = ("-i", "inventory/local", "playbooks/jupyterhub.yml", "-e", extra)
+    check = ansible_playbook(*playbook, "--check")
+    assert check.returncode == 0, check.stdout[-3000:]
+    assert changed(check.stdout) == 1, check.stdout[-3000:]
+    assert sorted(set(HUB) & set(containers(PREFIX))) == sorted(HUB)
+
+    done = ansible_playbook(*playbook)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert changed(done.stdout) == 1, done.stdout[-3000:]
+    left = set(containers(PREFIX)) | set(containers(f"x{PREFIX}"))
+    assert not set(HUB) & left
+    assert set(BYSTANDERS) <= left
+    kept = run(["docker", "run", "--rm", "-v", f"{VOLUME}:/work", "aie/common:latest", "cat", "/work/dana.txt"])
+    assert kept.stdout.strip() == "dana", kept.stderr
+
+    again = ansible_playbook(*playbook)
+    assert again.returncode == 0 and changed(again.stdout) == 0, again.stdout[-3000:]
