@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -511,6 +512,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
 
 # What the browser tests keep: their screenshots.
 ARTIFACTS = PROJECT / "test-artifacts"
+# Every headless Chromium of the tests: without the background-networking flags its connections
+# are refused by a closed network, many at a time.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,900")
+
+
+def changed_tasks(output: str) -> int:
+    """The changed tasks of every host in ansible-playbook's recap."""
+    return sum(int(n) for n in re.findall(r"changed=(\d+)", output))
 
 
 def chromium() -> str:

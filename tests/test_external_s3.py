@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import re
 import secrets
 import socket
 import ssl
@@ -28,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import aie, ansible_playbook, run, wait_for_s3, write_vars
+from conftest import aie, ansible_playbook, changed_tasks, run, wait_for_s3, write_vars
 
 PREFIX = "aiex"
 SERVER = "aiex-outside-s3"
@@ -85,8 +84,7 @@ def _settings(tmp_path: Path, keys: dict[str, str], **extra: object) -> str:
 def _deploy(extra: str, *options: str, inventory: str = "inventory/local") -> tuple[int, str, int]:
     result = ansible_playbook("-i", inventory, "playbooks/validate.yml", "playbooks/s3.yml", "-e", extra, *options)
     output = result.stdout + result.stderr
-    changed = sum(int(n) for n in re.findall(r"changed=(\d+)", output))
-    return result.returncode, output, changed
+    return result.returncode, output, changed_tasks(output)
 
 
 def _exists(client: Any, bucket: str) -> bool:

@@ -34,6 +34,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import (
     ARTIFACTS,
+    CHROMIUM_FLAGS,
     MLFLOW_URL,
     PORTS,
     PREFIX,
@@ -287,14 +288,12 @@ def test_the_hub_holds_no_docker_socket_and_its_proxy_refuses_the_rest(stack: di
 @contextlib.contextmanager
 def browser(env: dict[str, str]) -> Iterator[webdriver.Chrome]:
     """Debian's Chromium, driven by Debian's ChromeDriver through Selenium (a form filled in and
-    a button pressed, which Chromium's own --headless flags cannot do), with the flags this
-    machine's closed network needs and a new empty profile. env: the browser's environment (a
+    a button pressed, which Chromium's own --headless flags cannot do), with the tests' flags
+    and a new empty profile. env: the browser's environment (a
     home that trusts the deployment's CA, conftest.trusting)."""
     options = webdriver.ChromeOptions()
     options.binary_location = chromium()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,900"):
+    for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     driver_path = shutil.which("chromedriver")
     require(driver_path is not None, "ChromeDriver (Debian's chromium-driver), for the browser tests")

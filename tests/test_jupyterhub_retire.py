@@ -9,13 +9,12 @@ name, on the real Docker engine, as it would the real ones.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import ansible_playbook, containers, run, write_vars
+from conftest import ansible_playbook, changed_tasks, containers, run, write_vars
 
 pytestmark = pytest.mark.docker
 PREFIX = "aiert"
@@ -47,22 +46,18 @@ def left_behind(common_image: None) -> Iterator[None]:
         remove_all()
 
 
-def changed(output: str) -> int:
-    return sum(int(n) for n in re.findall(r"changed=(\d+)", output))
-
-
 def test_a_hub_no_one_may_use_is_removed_and_its_volumes_kept(left_behind: None, tmp_path: Path) -> None:
     extra = write_vars(tmp_path / "vars.json", {"aie_name_prefix": PREFIX, "aie_keys_dir": str(tmp_path / "keys"),
                                                "mlflow_users": [{"name": "dana"}]})
     playbook = ("-i", "inventory/local", "playbooks/jupyterhub.yml", "-e", extra)
     check = ansible_playbook(*playbook, "--check")
     assert check.returncode == 0, check.stdout[-3000:]
-    assert changed(check.stdout) == 1, check.stdout[-3000:]
+    assert changed_tasks(check.stdout) == 1, check.stdout[-3000:]
     assert sorted(set(HUB) & set(containers(PREFIX))) == sorted(HUB)
 
     done = ansible_playbook(*playbook)
     assert done.returncode == 0, done.stdout[-3000:]
-    assert changed(done.stdout) == 1, done.stdout[-3000:]
+    assert changed_tasks(done.stdout) == 1, done.stdout[-3000:]
     left = set(containers(PREFIX)) | set(containers(f"x{PREFIX}"))
     assert not set(HUB) & left
     assert set(BYSTANDERS) <= left
@@ -70,4 +65,4 @@ def test_a_hub_no_one_may_use_is_removed_and_its_volumes_kept(left_behind: None,
     assert kept.stdout.strip() == "dana", kept.stderr
 
     again = ansible_playbook(*playbook)
-    assert again.returncode == 0 and changed(again.stdout) == 0, again.stdout[-3000:]
+    assert again.returncode == 0 and changed_tasks(again.stdout) == 0, again.stdout[-3000:]

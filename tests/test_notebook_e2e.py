@@ -28,6 +28,7 @@ from sklearn.model_selection import train_test_split
 
 from conftest import (
     ARTIFACTS,
+    CHROMIUM_FLAGS,
     MLFLOW_URL,
     PORTS,
     PREFIX,
@@ -295,9 +296,7 @@ def browse(url: str, screenshot: str | None, env: dict[str, str] | None = None) 
     """Render url in headless Chromium (with env, e.g. trusting()); keep a screenshot unless None
     (Chromium takes none of a page refused for its certificate); return the rendered DOM."""
     ARTIFACTS.mkdir(exist_ok=True)
-    common = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--window-size=1400,900", "--virtual-time-budget=15000"]
+    common = [chromium(), *CHROMIUM_FLAGS, "--virtual-time-budget=15000"]
     # A new empty profile for each start, removed after it.
     with tempfile.TemporaryDirectory(prefix="aie-chromium-") as first, \
             tempfile.TemporaryDirectory(prefix="aie-chromium-") as second:
