@@ -32,6 +32,7 @@ from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+import hub_client
 from conftest import (
     ARTIFACTS,
     CHROMIUM_FLAGS,
@@ -66,21 +67,7 @@ def password(stack: dict[str, Any], person: str) -> str:
 
 
 def sign_in(stack: dict[str, Any], person: str, secret: str) -> tuple[requests.Session, requests.Response]:
-    """The hub's login form, as a browser fills it in (its _xsrf cookie and field)."""
-    session = requests.Session()
-    # The deployment's CA (not REQUESTS_CA_BUNDLE's, which requests would prefer).
-    session.trust_env = False
-    session.verify = str(tls_ca(stack["keys"]))
-    form = session.get(f"{HUB}/hub/login", timeout=30)
-    assert form.status_code == 200, form.text[:500]
-    xsrf = session.cookies.get("_xsrf", "")
-    answer = session.post(f"{HUB}/hub/login?next=", data={"username": person, "password": secret, "_xsrf": xsrf},
-                          allow_redirects=False, timeout=60)
-    if answer.status_code == 302:
-        # The signed-in session's XSRF token (a page of the hub sets it), for the API's POSTs.
-        session.get(f"{HUB}/hub/home", timeout=30)
-        session.headers["X-XSRFToken"] = [cookie.value for cookie in session.cookies if cookie.name == "_xsrf"][-1]
-    return session, answer
+    return hub_client.sign_in(HUB, str(tls_ca(stack["keys"])), person, secret)
 
 
 def in_server(person: str, *command: str, timeout: float = 600) -> Any:
@@ -88,16 +75,7 @@ def in_server(person: str, *command: str, timeout: float = 600) -> Any:
 
 
 def start_server(session: requests.Session, person: str) -> None:
-    """Start the person's server through the hub's API, signed in as them; wait until it is ready."""
-    spawn = session.post(f"{HUB}/hub/api/users/{person}/server", timeout=60)
-    assert spawn.status_code in (201, 202), (spawn.status_code, spawn.text[:500])
-    deadline = time.monotonic() + 180
-    while True:
-        model = session.get(f"{HUB}/hub/api/users/{person}", timeout=30).json()
-        if (model.get("servers", {}).get("") or {}).get("ready"):
-            return
-        assert time.monotonic() < deadline, model
-        time.sleep(0.5)
+    hub_client.start_server(session, HUB, person)
 
 
 def in_volume(person: str, name: str) -> str:
