@@ -5,7 +5,10 @@ accounts over plain HTTP, one S3 account for everyone, every service as root. Ru
 model with an alias, and artifacts on SFTP and S3 (one above S3's 8 MiB multipart threshold) are
 logged into it; then today's `aie up` deploys over it (accounts, HTTPS, the S3 client account,
 non-root services) and everything is read back: every parameter, metric step and artifact byte.
-Every service but serving takes part (it runs only once a model is registered as one).
+Every service but serving takes part (it runs only once a model is registered as one). The old
+JupyterLab saves a notebook in its folder; after the upgrade erin, a person given JupyterHub, signs
+in, finds it read-only in her own server's shared folder, and reads the old runs and their
+artifacts through MLflow with her account alone.
 
 The previous deployment runs the previous minor release of MLflow (PREVIOUS_MLFLOW), whose
 tracking database is a schema behind today's pin: `aie up` backs it up, stops the old server,
@@ -24,6 +27,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+import hub_client
 from conftest import (
     BIN,
     ENGINE,
@@ -47,6 +51,7 @@ from conftest import (
 PREVIOUS = "29ef9ff"
 PREFIX = "aieup"
 PORTS = {"aie_mlflow_port": 25500, "aie_sftp_port": 22222, "aie_s3_port": 29000, "aie_jupyterlab_port": 28888}
+HUB = "https://127.0.0.1:28000"
 MLFLOW_URL = f"https://127.0.0.1:{PORTS['aie_mlflow_port']}"
 # Every service but serving (it runs only once a model is registered as one). The inventory is
 # the previous release's, old names included: the S3 server's group minio (s3 today), and
@@ -92,6 +97,31 @@ print(json.dumps(out))
 """
 
 
+# A notebook the old shared JupyterLab saved in its folder before the upgrade.
+SAVED_BEFORE = json.dumps({"cells": [{"cell_type": "markdown", "metadata": {}, "source": ["Kept by the upgrade"]}],
+                           "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+# Run in erin's server, with her MLflow account only (her credentials file, written from the hub):
+# each old run's metric steps, and its artifact through MLflow's server (the UI's download, which
+# reads the run's sftp:// or s3:// location with the server's accounts); printed with its sha256.
+READ_AS_PERSON = r"""
+import hashlib, json, os, sys
+import requests
+from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import read_mlflow_creds
+creds = read_mlflow_creds()
+out = {}
+for name, run_id in json.loads(sys.argv[1]).items():
+    steps = [m.step for m in MlflowClient().get_metric_history(run_id, "loss")]
+    got = requests.get(os.environ["MLFLOW_TRACKING_URI"] + "/get-artifact",
+                       params={"run_id": run_id, "path": "model/weights.bin"},
+                       auth=(creds.username, creds.password), timeout=300)
+    got.raise_for_status()
+    out[name] = {"user": creds.username, "steps": sorted(steps), "sha256": hashlib.sha256(got.content).hexdigest()}
+print(json.dumps(out))
+"""
+
+
 def mlflow_exec(*command: str, env: dict[str, str], user: str | None = None) -> subprocess.CompletedProcess[str]:
     options = [arg for name, value in env.items() for arg in ("-e", f"{name}={value}")]
     return run(["docker", "exec", *(["--user", user] if user else []), *options, f"{PREFIX}-mlflow", *command],
@@ -104,10 +134,13 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
     keys = work / "keys"
     inventory = write_local_inventory(work / "inventory.yml", GROUPS)
     # MLflow stays on SQLite, where the previous release kept its runs (moved by test_the_move_...).
+    # JupyterLab's notebooks in a folder of the user's, as both releases let one choose.
     settings = {"aie_name_prefix": PREFIX, "aie_keys_dir": str(keys), "minio_engine": ENGINE,
                 "minio_rgw_capacity_gib": 4, "aie_backup_local_path": str(work / "backups"),
-                "aie_mlflow_backend": "sqlite", **PORTS}
-    extra = write_vars(work / "vars.json", settings)
+                "aie_mlflow_backend": "sqlite", "jupyterlab_notebooks_dir": str(work / "notebooks"), **PORTS}
+    # Today's settings add a person with JupyterHub (the previous release had neither).
+    extra = write_vars(work / "vars.json", {**settings, "aie_jupyterhub_port": 28000, "jupyterhub_server_memory": "1g",
+                                            "mlflow_users": [{"name": "erin", "jupyterhub": True}]})
     # Down with PostgreSQL chosen: its container and volume, left by an interrupted run, go too.
     everything = ["-i", str(inventory), "-e", extra, "-e", "aie_mlflow_backend=postgresql"]
     leftovers = aie("down", "--purge", "--yes", *everything, timeout=600)
@@ -123,6 +156,9 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> I
         assert old_up.returncode == 0, old_up.stdout[-3000:] + old_up.stderr[-3000:]
         logged = mlflow_exec("python", "-c", LOG_RUNS, env={"MLFLOW_TRACKING_URI": "http://localhost:5000"})
         assert logged.returncode == 0, logged.stderr[-3000:]
+        saved = run(["docker", "exec", "-i", f"{PREFIX}-jupyterlab", "sh", "-c",
+                     "cat > /home/aie/work/before-the-upgrade.ipynb"], input=SAVED_BEFORE, timeout=60)
+        assert saved.returncode == 0, saved.stderr
         started = time.monotonic()
         with building(tmp_path_factory):
             up = aie("up", "-i", str(inventory), "-e", extra)
@@ -160,6 +196,27 @@ def test_artifacts_read_back_byte_for_byte_with_accounts_and_https(upgraded: dic
     assert read.returncode == 0, read.stderr[-3000:]
     assert json.loads(read.stdout.strip().splitlines()[-1]) == {
         name: logged["sha256"] for name, logged in upgraded["logged"].items()}
+
+
+def test_a_persons_server_shows_the_old_notebooks_and_reads_the_old_runs(upgraded: dict[str, Any]) -> None:
+    """The shared JupyterLab's notebooks stay in its folder, which every person's server shows
+    read-only at ~/shared; the old runs (artifacts at sftp:// and s3://) read with an account alone."""
+    secret = upgraded["keys"] / "secrets" / "mlflow_users" / "erin"
+    session, answer = hub_client.sign_in(HUB, str(tls_ca(upgraded["keys"])), "erin", secret.read_text().split()[0])
+    assert answer.status_code == 302, (answer.status_code, answer.text[:500])
+    hub_client.start_server(session, HUB, "erin")
+    server = f"{PREFIX}-jupyterhub-user-erin"
+    shown = run(["docker", "exec", server, "cat", "/home/aie/shared/before-the-upgrade.ipynb"], timeout=60)
+    assert shown.stdout == SAVED_BEFORE, shown.stderr
+    changed = run(["docker", "exec", server, "sh", "-c", "echo >> /home/aie/shared/before-the-upgrade.ipynb"],
+                  timeout=60)
+    assert changed.returncode != 0 and "Read-only file system" in changed.stderr, changed.stderr
+    runs = {name: logged["run_id"] for name, logged in upgraded["logged"].items()}
+    read = run(["docker", "exec", server, "python", "-c", READ_AS_PERSON, json.dumps(runs)], timeout=600)
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert json.loads(read.stdout.strip().splitlines()[-1]) == {
+        name: {"user": "erin", "steps": list(range(5)), "sha256": logged["sha256"]}
+        for name, logged in upgraded["logged"].items()}
 
 
 def test_the_upgrade_reads_the_old_names_and_adopts_the_s3_store(upgraded: dict[str, Any]) -> None:
