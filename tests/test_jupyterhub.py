@@ -332,8 +332,9 @@ def test_a_browser_signs_in_to_the_hub_and_opens_jupyterlab_and_the_mlflow_ui(
 def test_a_removed_person_signs_in_nowhere_and_an_added_one_again(
         stack: dict[str, Any], people: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     """bob is taken out of mlflow_users and `aie up` runs: MLflow deletes his account, the hub
-    refuses him and forgets his session, his server is stopped, his volume is kept. Put back, he
-    signs in with his password and finds his files, and the stack's other modules find bob as
+    refuses him and forgets his session, his server is stopped, his volume is kept, his generated
+    password is removed. Put back, he signs in with a new password (the old one is refused) and
+    finds his files, and the stack's other modules find bob as
     the stack's settings have him. (Before the idle test: alice's server idles meanwhile.)"""
     bobs = people["bob"]["session"]
     # A server started now: the idle culler (180 s here) leaves it running through `aie up`.
@@ -344,12 +345,14 @@ def test_a_removed_person_signs_in_nowhere_and_an_added_one_again(
         time.sleep(1)
     start_server(bobs, "bob")
     assert in_server("bob", "sh", "-c", "echo bob > /home/aie/work/bob-only.txt").returncode == 0
+    secret, ca = password(stack, "bob"), str(tls_ca(stack["keys"]))
     settings = json.loads(Path(stack["extra"].removeprefix("@")).read_text())
     settings["mlflow_users"] = [user for user in settings["mlflow_users"] if user["name"] != "bob"]
     up = aie("up", "-e", write_vars(tmp_path / "without-bob.json", settings))
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
 
-    secret, ca = password(stack, "bob"), str(tls_ca(stack["keys"]))
+    # His generated password is gone with his account.
+    assert not (stack["keys"] / "secrets" / "mlflow_users" / "bob").exists()
     accounts = f"{MLFLOW_URL}/api/2.0/mlflow/users/get"
     admin = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"])
     assert requests.get(accounts, params={"username": "bob"}, auth=admin, verify=ca, timeout=30).status_code == 404
@@ -363,9 +366,15 @@ def test_a_removed_person_signs_in_nowhere_and_an_added_one_again(
     _, alice = sign_in(stack, "alice", password(stack, "alice"))
     assert alice.status_code == 302
 
+    # Put back, he is given a new password: the old one signs in nowhere.
     up = aie("up", "-e", stack["extra"])
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-    session, answer = sign_in(stack, "bob", secret)
+    renewed = password(stack, "bob")
+    assert renewed != secret
+    assert sign_in(stack, "bob", secret)[1].status_code == 403
+    assert requests.get(accounts, params={"username": "bob"}, auth=("bob", secret), verify=ca,
+                        timeout=30).status_code == 401
+    session, answer = sign_in(stack, "bob", renewed)
     assert answer.status_code == 302, answer.status_code
     start_server(session, "bob")
     assert in_server("bob", "cat", "/home/aie/work/bob-only.txt").stdout.strip() == "bob"
