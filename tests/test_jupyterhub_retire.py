@@ -1,6 +1,7 @@
 """When no person of mlflow_users has `jupyterhub: true` any more, `aie up` removes the hub an
 earlier run left: its container, its Docker proxy and the people's servers go (nobody signs in to a
 hub that kept the people it was started with), their volumes stay, and nothing else is touched.
+`aie down --purge` then removes those volumes, no longer in the registry, with the data volumes.
 
 The hub's containers here are stand-ins of the common image under the hub's names (deploying the
 hub takes minutes; tests/test_jupyterhub.py does it): the playbook finds and removes them by
@@ -23,17 +24,20 @@ HUB = [f"{PREFIX}-jupyterhub", f"{PREFIX}-jupyterhub-docker-proxy", f"{PREFIX}-j
 # Of the same deployment or of another, under names that only look alike: kept.
 BYSTANDERS = [f"{PREFIX}-jupyterlab", f"{PREFIX}-jupyterhubby", f"{PREFIX}-jupyterhub-user-", f"x{PREFIX}-jupyterhub"]
 VOLUME = f"{PREFIX}-jupyterhub-user-dana"
+# A volume whose name only looks like a person's: kept by `aie down --purge` too.
+LOOKALIKE_VOLUME = f"{PREFIX}-jupyterhubby-data"
 
 
 def remove_all() -> None:
     run(["docker", "rm", "-f", *HUB, *BYSTANDERS], timeout=120)
-    run(["docker", "volume", "rm", "-f", VOLUME], timeout=60)
+    run(["docker", "volume", "rm", "-f", VOLUME, LOOKALIKE_VOLUME], timeout=60)
 
 
 @pytest.fixture
 def left_behind(common_image: None) -> Iterator[None]:
     remove_all()
-    assert run(["docker", "volume", "create", VOLUME]).returncode == 0
+    for volume in (VOLUME, LOOKALIKE_VOLUME):
+        assert run(["docker", "volume", "create", volume]).returncode == 0
     for name in HUB + BYSTANDERS:
         mounts = ["-v", f"{VOLUME}:/work"] if name.endswith("-user-dana") else []
         started = run(["docker", "run", "-d", "--name", name, *mounts, "aie/common:latest", "sleep", "infinity"])
@@ -66,3 +70,9 @@ def test_a_hub_no_one_may_use_is_removed_and_its_volumes_kept(left_behind: None,
 
     again = ansible_playbook(*playbook)
     assert again.returncode == 0 and changed_tasks(again.stdout) == 0, again.stdout[-3000:]
+
+    # No longer in the registry, dana's volume is still one of the deployment's data volumes.
+    purged = ansible_playbook("-i", "inventory/local", "playbooks/down.yml", "-e", extra, "-e", "aie_purge=true")
+    assert purged.returncode == 0, purged.stdout[-3000:]
+    volumes = run(["docker", "volume", "ls", "-q"]).stdout.split()
+    assert VOLUME not in volumes and LOOKALIKE_VOLUME in volumes
