@@ -7,8 +7,8 @@ scenario's verify runs it as a program against the hub on its own test host.
 signs NAME in, starts their server, waits until it is ready and prints the seconds it took as
 JSON. The password is the first word of PASSWORD_FILE, as aie keeps a generated one (never on a
 command line). It exits 1, naming the answer, when the hub refuses the password or the server
-does not start. Written with requests rather than JupyterHub's own client: the hub has no client library
-for its login form (a browser's path), which is the one the tests take.
+does not start. Written with requests rather than JupyterHub's own client: the hub has no client
+library for its login form (a browser's path), which is the one the tests take.
 """
 
 from __future__ import annotations
