@@ -134,16 +134,39 @@ create_gateway_key() {
     to_ceph "$CEPH/client.rgw.keyring"
 }
 
-# Waits until `ceph "$@"` prints something that matches the pattern.
+# Waits until `ceph "$@"` prints something that matches the pattern, while the daemon started
+# as process $pid runs: one that stopped is reported at once, with its exit code (its own message
+# is above, on stderr).
 wait_for() {
-    local pattern=$1 what=$2
-    shift 2
+    local pid=$1 pattern=$2 what=$3 rc
+    shift 3
     for _ in $(seq 120); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            rc=0
+            wait "$pid" || rc=$?
+            log "the $what stopped (exit $rc) before it answered; its message is above"
+            stop_all
+            exit 1
+        fi
         if ceph --connect-timeout 5 "$@" 2>/dev/null | grep -q "$pattern"; then return 0; fi
         sleep 1
     done
     log "the $what did not come up within 120 s"
+    stop_all
     exit 1
+}
+
+# Ceph's monitor refuses to start, and stops, when its filesystem has mon_data_avail_crit (5%) or
+# less free: said here in the volume's terms, before anything is written to it.
+check_free_space() {
+    local size avail
+    read -r size avail < <(df -Pk "$DATA" | awk 'NR == 2 {print $2, $4}')
+    if [ $((avail * 100 / size)) -le 5 ]; then
+        log "the filesystem of the data volume ($DATA) has $((avail * 100 / size))% free" \
+            "($((avail / 1024)) MiB of $((size / 1024)) MiB); Ceph's monitor stops at 5% or less." \
+            "Free space where Docker keeps its volumes (docker system df), then start it again"
+        exit 1
+    fi
 }
 
 stop_all() {
@@ -158,6 +181,7 @@ if [ -d "$DATA/.minio.sys" ]; then
         "or copy the objects out and purge the volume before switching to rgw"
     exit 1
 fi
+check_free_space
 if [ ! -f "$CEPH/fsid" ]; then
     create_cluster
 fi
@@ -167,14 +191,14 @@ install -d -m 0770 /run/ceph
 to_ceph /run/ceph
 
 ceph-mon -f -i a "${as_ceph[@]}" &
-wait_for HEALTH "monitor" health
+wait_for $! HEALTH "monitor" health
 if [ -z "$(ls -A "$CEPH/osd")" ]; then
     create_osd
 fi
 osd_id=$(basename "$(ls -d "$CEPH"/osd/ceph-*)")
 osd_id=${osd_id#ceph-}
 ceph-osd -f -i "$osd_id" "${as_ceph[@]}" 2> >(grep --line-buffered -v 'unable to get device name' >&2) &
-wait_for '"num_up_osds":1' "OSD" osd stat -f json
+wait_for $! '"num_up_osds":1' "OSD" osd stat -f json
 [ -f "$CEPH/client.rgw.keyring" ] || create_gateway_key
 
 if user=$(timeout 120 radosgw-admin user info --uid=aie 2>/dev/null); then
