@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import BIN, PROJECT, require, run
+from conftest import BIN, PROJECT, building, require, run
 
 SCENARIOS = ["prerequisites", "multihost"]
 STEPS = {"prerequisites": ("check", "converge", "idempotence", "verify"),
@@ -64,13 +64,19 @@ def failure_summary(output: str) -> str:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario(scenario: str, common_image: None) -> None:
+def test_molecule_scenario(scenario: str, common_image: None, tmp_path_factory: pytest.TempPathFactory) -> None:
     if scenario == "multihost":
         # The controller reaches the test hosts at their addresses on the scenario's Docker
         # network, which on a Mac is inside Docker Desktop's VM.
         require(sys.platform != "darwin",
                 "the multihost scenario's addresses (172.30.87.x, a Docker network) reachable from the controller")
-    # The test hosts are built FROM the base image, and given the controller's images.
+        # The test hosts are given the controller's images (molecule/resources/prepare.yml): a
+        # deployment building them meanwhile (the end-to-end stack's first `aie up`, on a machine
+        # with no images yet) is waited for, else each test host would build the missing ones
+        # again, four builds at once beside it.
+        with building(tmp_path_factory):
+            pass
+    # The test hosts are built FROM the base image.
     logs = PROJECT / "test-artifacts"
     logs.mkdir(exist_ok=True)
     remove_engine_volumes(scenario)
