@@ -4,8 +4,8 @@ installed here, and bringing them to it.
 The mlflow role runs it in a one-off container of the new MLflow image before that image's
 server starts (roles/mlflow/tasks/schema.yml):
 
-    python -m aie.mlflow_db check TRACKING_URI AUTH_URI
-    python -m aie.mlflow_db upgrade TRACKING_URI AUTH_URI
+    python -m aie.mlflow_db check TRACKING_URI AUTH_URI [MANAGED]
+    python -m aie.mlflow_db upgrade TRACKING_URI AUTH_URI [MANAGED]
 
 ``check`` prints one JSON object: this MLflow's version, and for each store its ``state`` with
 its ``revision`` and this MLflow's ``head``:
@@ -20,6 +20,17 @@ and exits 1 with one line naming the store and the revisions when one fails. Eac
 migrated in one transaction (alembic's default): on PostgreSQL a failed migration leaves the
 database as it was; SQLite, whose schema changes MLflow makes by copying tables, is migrated on
 a copy that replaces the file only once every migration went through.
+
+MANAGED (JSON: ``{"tag": "aie.artifact_store", "experiments": [{"name": ..., "store": ...,
+"earlier_location": ...}]}``) names the experiments aie manages, each with the direct location an
+earlier release made it at (``sftp://...`` or ``s3://...``). MLflow has no API to change an
+experiment's artifact location: ``check`` lists under ``relocate`` each one still active at that
+location, and ``upgrade`` moves it behind the server (``mlflow-artifacts:/<id>``, its tag set to
+its store; aie/artifact_routes.py routes its new runs there) and lists it under ``relocated``.
+Only the experiment's location changes: its runs keep their own artifact URIs (MLflow stores
+one per run), read directly with the storage accounts as before. An experiment at any other
+location is left as it is. The relocation comes before the migrations and goes with them: on
+SQLite into the same copy; on PostgreSQL, a failed migration puts the locations and tags back.
 
     python -m aie.mlflow_db admin AUTH_URI USERNAME   (the password on stdin)
 
@@ -49,6 +60,8 @@ BATCH = 5000
 SAMPLE = 200
 # The table by which a move marks the databases it copies into until it has copied both.
 UNFINISHED = "aie_move_unfinished"
+# The fields of each experiment of MANAGED.
+MANAGED_FIELDS = ("name", "store", "earlier_location")
 
 
 def _utils(store: str) -> Any:
@@ -114,18 +127,115 @@ def _run_migrations(store: str, engine: Any) -> None:
         _utils(store).migrate(engine, "head")
 
 
-def _migrate(store: str, url: str) -> None:
+def managed_experiments(text: str) -> dict[str, Any]:
+    """MANAGED, read and checked: a ValueError names what is wrong before anything changes."""
+    try:
+        managed = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"the managed experiments are not JSON: {error}") from None
+    if not isinstance(managed, dict) or not isinstance(managed.get("tag"), str) or not managed["tag"]:
+        raise ValueError("the managed experiments: an object with a `tag` (the store tag) is expected")
+    experiments = managed.get("experiments")
+    if not isinstance(experiments, list):
+        raise ValueError("the managed experiments: `experiments` is not a list")
+    for number, experiment in enumerate(experiments):
+        missing = [field for field in MANAGED_FIELDS if not isinstance(experiment, dict)
+                   or not isinstance(experiment.get(field), str) or not experiment[field]]
+        if missing:
+            raise ValueError(f"the managed experiment #{number + 1} ({experiment!r:.100}) has no {', '.join(missing)}")
+    return {"tag": managed["tag"], "experiments": experiments}
+
+
+def _relocations(connection: Any, managed: dict[str, Any]) -> list[dict[str, Any]]:
+    """The managed experiments still active at their earlier location, each with the value its
+    store tag has now (None: no tag). Only columns that every schema of MLflow's has are read, so
+    that a store behind can be asked too."""
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlExperimentTag
+    from sqlalchemy import and_, select
+
+    found = []
+    for experiment in managed["experiments"]:
+        row = connection.execute(
+            select(SqlExperiment.experiment_id, SqlExperimentTag.value)
+            .outerjoin(SqlExperimentTag, and_(SqlExperimentTag.experiment_id == SqlExperiment.experiment_id,
+                                              SqlExperimentTag.key == managed["tag"]))
+            .where(SqlExperiment.name == experiment["name"],
+                   SqlExperiment.artifact_location == experiment["earlier_location"],
+                   SqlExperiment.lifecycle_stage == "active")).first()
+        if row is not None:
+            found.append({"name": experiment["name"], "id": str(row[0]), "store": experiment["store"],
+                          "was": experiment["earlier_location"], "tag_was": row[1]})
+    return found
+
+
+def relocations(url: str, managed: dict[str, Any]) -> list[dict[str, Any]]:
+    """What ``upgrade`` would relocate in the tracking store at url (nothing in a new one)."""
+    if state("tracking", url)["state"] == "new":
+        return []
     engine = _engine(url)
     try:
-        _run_migrations(store, engine)
+        with engine.connect() as connection:
+            return _relocations(connection, managed)
     finally:
         engine.dispose()
 
 
-def upgrade(store: str, url: str) -> None:
+def _set_tag(connection: Any, experiment_id: int, tag: str, value: str | None) -> None:
+    """The store tag of an experiment set (or removed: None). An update, else an insert, by hand:
+    SQLAlchemy's upserts are one per dialect (SQLite's and PostgreSQL's ON CONFLICT)."""
+    from mlflow.store.tracking.dbmodels.models import SqlExperimentTag
+    from sqlalchemy import delete, insert, update
+
+    where = (SqlExperimentTag.experiment_id == experiment_id, SqlExperimentTag.key == tag)
+    if value is None:
+        connection.execute(delete(SqlExperimentTag).where(*where))
+    elif connection.execute(update(SqlExperimentTag).where(*where).values(value=value)).rowcount == 0:
+        connection.execute(insert(SqlExperimentTag).values(experiment_id=experiment_id, key=tag, value=value))
+
+
+def _locate(engine: Any, moves: list[dict[str, Any]], tag: str, back: bool = False) -> None:
+    """In one transaction: each experiment of moves from its earlier location to the proxied one
+    (mlflow-artifacts:/<id>, MLflow's own for an experiment made without a location) with its
+    store tag; or, back, to its earlier location and tag. Each must be where moves found it."""
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment
+    from sqlalchemy import update
+
+    with engine.begin() as connection:
+        for move in moves:
+            proxied, identifier = f"mlflow-artifacts:/{move['id']}", int(move["id"])
+            source, target = (proxied, move["was"]) if back else (move["was"], proxied)
+            done = connection.execute(update(SqlExperiment).where(
+                SqlExperiment.experiment_id == identifier, SqlExperiment.artifact_location == source,
+            ).values(artifact_location=target)).rowcount
+            if done != 1:
+                raise ValueError(f"experiment {move['name']} is no longer at {source}: not relocated")
+            _set_tag(connection, identifier, tag, move["tag_was"] if back else move["store"])
+
+
+def _migrate(store: str, url: str, behind: bool, moves: list[dict[str, Any]], tag: str) -> None:
+    """The relocation, then the migrations (MLflow's run in a transaction of their own, on a
+    connection of their own: its env.py opens one): a failed migration puts the experiments back."""
+    engine = _engine(url)
+    try:
+        _locate(engine, moves, tag)
+        if not behind:
+            return
+        try:
+            _run_migrations(store, engine)
+        except BaseException:
+            _locate(engine, moves, tag, back=True)
+            raise
+    finally:
+        engine.dispose()
+
+
+def upgrade(store: str, url: str, behind: bool = True, moves: list[dict[str, Any]] | None = None,
+            tag: str = "") -> None:
+    """The store's migrations (when behind) and the relocation of moves (relocations' answer)."""
     path = _sqlite_path(url)
-    if path is None:
-        _migrate(store, url)
+    if path is None or not behind:
+        # A relocation alone is one transaction, on SQLite too.
+        _migrate(store, url, behind, moves or [], tag)
         return
     # On a copy, made with SQLite's backup API (consistent even while another process reads),
     # that takes the file's place only when every migration went through.
@@ -133,12 +243,21 @@ def upgrade(store: str, url: str) -> None:
     with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(copy)) as target:
         source.backup(target)
     try:
-        _migrate(store, f"sqlite:///{copy}")
+        _migrate(store, f"sqlite:///{copy}", behind, moves or [], tag)
         shutil.copymode(path, copy)
         os.replace(copy, path)
     finally:
         if os.path.exists(copy):
             os.remove(copy)
+
+
+def relocate(url: str, managed: dict[str, Any], check: bool = False) -> list[dict[str, Any]]:
+    """The managed experiments at their earlier location moved behind the server (in check mode,
+    only listed); returns them, each with its former location (``was``)."""
+    moves = relocations(url, managed)
+    if moves and not check:
+        upgrade("tracking", url, behind=False, moves=moves, tag=managed["tag"])
+    return moves
 
 
 def _create(store: str, engine: Any) -> None:
@@ -348,34 +467,48 @@ def main(argv: list[str]) -> int:
             return 1
         print(json.dumps({"admin": "created" if created else "present"}))
         return 0
-    if len(argv) != 3 or argv[0] not in ("check", "upgrade"):
-        print("usage: python -m aie.mlflow_db check|upgrade TRACKING_URI AUTH_URI\n"
+    if len(argv) not in (3, 4) or argv[0] not in ("check", "upgrade"):
+        print("usage: python -m aie.mlflow_db check|upgrade TRACKING_URI AUTH_URI [MANAGED]\n"
               "       python -m aie.mlflow_db move TRACKING_URI AUTH_URI TARGET_TRACKING_URI TARGET_AUTH_URI\n"
               "       python -m aie.mlflow_db admin AUTH_URI USERNAME   (the password on stdin)",
               file=sys.stderr)
         return 2
+    try:
+        managed: dict[str, Any] = managed_experiments(argv[3]) if len(argv) == 4 else {"tag": "", "experiments": []}
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     urls = {"tracking": argv[1], "auth": argv[2]}
     before = report(urls)
+    moves = relocations(urls["tracking"], managed)
     if argv[0] == "upgrade":
         for store, found in before["stores"].items():
             if found["state"] == "newer":
                 print(f"the {store} database is at schema {found['revision']}, which MLflow {before['mlflow']} "
                       "does not know (a newer MLflow migrated it): not migrated", file=sys.stderr)
                 return 1
-            if found["state"] != "behind":
+        for store, found in before["stores"].items():
+            relocating = moves if store == "tracking" else []
+            if found["state"] != "behind" and not relocating:
                 continue
             try:
-                upgrade(store, urls[store])
+                upgrade(store, urls[store], behind=found["state"] == "behind", moves=relocating, tag=managed["tag"])
             except Exception as error:  # noqa: BLE001 - any failure: one line, the store left as it was
                 # SQLAlchemy's first line names the error; its last points to its documentation.
                 first = (str(error).strip().splitlines() or [type(error).__name__])[0][:400]
-                print(f"MLflow {before['mlflow']} could not migrate the {store} database from schema "
-                      f"{found['revision']} to {found['head']}: {first}", file=sys.stderr)
+                done = (f"migrate the {store} database from schema {found['revision']} to {found['head']}"
+                        if found["state"] == "behind" else f"relocate the experiments of the {store} database")
+                print(f"MLflow {before['mlflow']} could not {done}: {first}", file=sys.stderr)
                 return 1
-        print(json.dumps({**report(urls), "before": before["stores"]}))
+        print(json.dumps({**report(urls), "before": before["stores"], "relocated": _shown(moves)}))
         return 0
-    print(json.dumps(before))
+    print(json.dumps({**before, "relocate": _shown(moves)}))
     return 0
+
+
+def _shown(moves: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The relocations as reported: name, id, store and former location."""
+    return [{key: move[key] for key in ("name", "id", "store", "was")} for move in moves]
 
 
 if __name__ == "__main__":

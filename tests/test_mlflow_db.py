@@ -295,3 +295,150 @@ def test_an_admin_password_that_mlflow_refuses_is_named(
     assert code == 1 and out is None
     assert err.startswith("MLflow's admin account 'admin' was not created: "), err
     assert "password" in err.lower(), err
+
+
+# The experiments aie manages, as the mlflow role names them (roles/mlflow/vars/main.yml), with
+# the direct locations an earlier release made them at.
+TAG = "aie.artifact_store"
+EARLIER = {"notebooks-sftp": ("sftp", "sftp://aie@aie-sftp/notebooks-sftp"),
+           "notebooks-s3": ("s3", "s3://mlflow/notebooks-s3")}
+MANAGED = {"tag": TAG, "experiments": [{"name": name, "store": store, "earlier_location": location}
+                                       for name, (store, location) in EARLIER.items()]}
+
+
+def earlier_experiments(folder: Path) -> dict[str, Any]:
+    """A tracking store made by MLflow as an earlier release left it: the managed experiments at
+    their direct locations (notebooks-s3 already tagged, as main's mlflow_setup did), a run in
+    each; a user's own experiment at a direct location; a managed name that is elsewhere."""
+    url = f"sqlite:///{folder}/mlflow.db"
+    client = mlflow.MlflowClient(url)
+    ids = {name: client.create_experiment(name, artifact_location=location)
+           for name, (_, location) in EARLIER.items()}
+    client.set_experiment_tag(ids["notebooks-s3"], TAG, "s3")
+    ids["own"] = client.create_experiment("own", artifact_location="sftp://aie@aie-sftp/own")
+    runs = {name: client.create_run(ids[name]).info for name in ids}
+    return {"url": url, "client": client, "ids": ids, "runs": runs}
+
+
+def locations(client: mlflow.MlflowClient, ids: dict[str, str]) -> dict[str, tuple[str, str | None]]:
+    return {name: (client.get_experiment(id_).artifact_location, client.get_experiment(id_).tags.get(TAG))
+            for name, id_ in ids.items()}
+
+
+def test_relocation_moves_the_managed_experiments_at_their_earlier_location_behind_the_server(
+        tmp_path: Path) -> None:
+    made = earlier_experiments(tmp_path)
+    client, ids = made["client"], made["ids"]
+    moved = mlflow_db.relocate(made["url"], MANAGED)
+    assert sorted((move["name"], move["id"], move["store"], move["was"]) for move in moved) == sorted(
+        (name, ids[name], store, location) for name, (store, location) in EARLIER.items())
+    assert locations(client, ids) == {"notebooks-sftp": (f"mlflow-artifacts:/{ids['notebooks-sftp']}", "sftp"),
+                                      "notebooks-s3": (f"mlflow-artifacts:/{ids['notebooks-s3']}", "s3"),
+                                      "own": ("sftp://aie@aie-sftp/own", None)}
+    # The runs logged before keep their own artifact URIs; new ones go through the server.
+    for name, info in made["runs"].items():
+        assert client.get_run(info.run_id).info.artifact_uri == info.artifact_uri, name
+        assert info.artifact_uri.startswith(("sftp://", "s3://")), info.artifact_uri
+    new = client.create_run(ids["notebooks-sftp"]).info
+    assert new.artifact_uri == f"mlflow-artifacts:/{ids['notebooks-sftp']}/{new.run_id}/artifacts"
+    # Once done, there is nothing more to do, and nothing changes.
+    before = digest(tmp_path / "mlflow.db")
+    assert mlflow_db.relocate(made["url"], MANAGED) == []
+    assert digest(tmp_path / "mlflow.db") == before
+
+
+def test_relocation_in_check_mode_lists_and_changes_nothing(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    made = earlier_experiments(tmp_path)
+    before = digest(tmp_path / "mlflow.db")
+    assert [move["name"] for move in mlflow_db.relocate(made["url"], MANAGED, check=True)] == list(EARLIER)
+    code, out, err = run_main("check", made["url"], f"sqlite:///{tmp_path}/auth.db", json.dumps(MANAGED),
+                              capsys=capsys)
+    assert code == 0, err
+    assert out is not None and out["relocate"] == [
+        {"name": name, "id": made["ids"][name], "store": store, "was": location}
+        for name, (store, location) in EARLIER.items()]
+    assert digest(tmp_path / "mlflow.db") == before
+
+
+def test_experiments_elsewhere_are_left_as_they_are(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(url)
+    # Made by aie behind the server, by a user at another direct location, and one deleted.
+    client.create_experiment("notebooks-sftp", artifact_location="mlflow-artifacts:/1", tags={TAG: "sftp"})
+    client.create_experiment("notebooks-s3", artifact_location="s3://other/notebooks-s3")
+    gone = client.create_experiment("gone", artifact_location="sftp://aie@aie-sftp/gone")
+    client.delete_experiment(gone)
+    managed = {**MANAGED, "experiments": [*MANAGED["experiments"],
+                                          {"name": "gone", "store": "sftp", "earlier_location": "sftp://aie@aie-sftp/gone"}]}
+    before = digest(tmp_path / "mlflow.db")
+    assert mlflow_db.relocate(url, managed) == []
+    assert digest(tmp_path / "mlflow.db") == before
+
+
+def test_upgrade_migrates_then_relocates_and_a_second_upgrade_does_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mlflow.db"
+    url = tracking_store_at(path, older_revision(2))
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
+                   "VALUES (8, 'notebooks-sftp', 'sftp://aie@aie-sftp/notebooks-sftp', 'active')")
+    auth = f"sqlite:///{tmp_path}/auth.db"
+    code, out, err = run_main("upgrade", url, auth, json.dumps(MANAGED), capsys=capsys)
+    assert code == 0, err
+    assert out is not None and out["stores"]["tracking"]["state"] == "current"
+    assert out["relocated"] == [{"name": "notebooks-sftp", "id": "8", "store": "sftp",
+                                 "was": "sftp://aie@aie-sftp/notebooks-sftp"}]
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT e.artifact_location, t.value FROM experiments e JOIN experiment_tags t "
+                          "ON t.experiment_id = e.experiment_id AND t.key = ? WHERE e.name = 'notebooks-sftp'",
+                          (TAG,)).fetchall() == [("mlflow-artifacts:/8", "sftp")]
+        assert db.execute("SELECT artifact_location FROM experiments WHERE name = 'kept'").fetchall() == [("/a",)]
+    before = digest(path)
+    code, out, err = run_main("upgrade", url, auth, json.dumps(MANAGED), capsys=capsys)
+    assert code == 0, err
+    assert out is not None and out["relocated"] == []
+    assert digest(path) == before
+
+
+def test_a_failed_migration_puts_the_relocated_experiments_back(tmp_path: Path) -> None:
+    # Straight on the database, as on PostgreSQL (SQLite's copy would be dropped whole): a store
+    # one migration behind, whose last migration fails on a table of its name already there.
+    path = tmp_path / "mlflow.db"
+    url = tracking_store_at(path, older_revision(1))
+    engine = create_sqlalchemy_engine(url)
+    created = sorted(set(mlflow_db_tables_after_upgrade(tmp_path)) - set(engine_tables(engine)))
+    engine.dispose()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(f"CREATE TABLE {created[0]} (x INTEGER)")
+        db.execute("INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
+                   "VALUES (8, 'notebooks-sftp', 'sftp://aie@aie-sftp/notebooks-sftp', 'active')")
+        db.execute("INSERT INTO experiment_tags (key, value, experiment_id) VALUES (?, 'sftp', 8)", (TAG,))
+        db.execute("INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
+                   "VALUES (9, 'notebooks-s3', 's3://mlflow/notebooks-s3', 'active')")
+    moves = mlflow_db.relocations(url, MANAGED)
+    assert [move["id"] for move in moves] == ["8", "9"]
+    with pytest.raises(Exception, match=created[0]):
+        mlflow_db._migrate("tracking", url, True, moves, TAG)
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT e.experiment_id, e.artifact_location, t.value FROM experiments e LEFT JOIN "
+                          "experiment_tags t ON t.experiment_id = e.experiment_id AND t.key = ? "
+                          "WHERE e.experiment_id IN (8, 9) ORDER BY 1", (TAG,)).fetchall() == [
+            (8, "sftp://aie@aie-sftp/notebooks-sftp", "sftp"), (9, "s3://mlflow/notebooks-s3", None)]
+    assert mlflow_db.relocations(url, MANAGED) == moves
+
+
+@pytest.mark.parametrize(("managed", "culprit"), [
+    ("not json", "the managed experiments are not JSON"),
+    ('{"experiments": []}', "an object with a `tag`"),
+    ('{"tag": "t", "experiments": [{"name": "a", "store": "sftp"}]}',
+     "#1 ({'name': 'a', 'store': 'sftp'}) has no earlier_location"),
+])
+def test_bad_managed_experiments_are_named_before_anything_changes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], managed: str, culprit: str) -> None:
+    made = earlier_experiments(tmp_path)
+    before = digest(tmp_path / "mlflow.db")
+    code, out, err = run_main("upgrade", made["url"], f"sqlite:///{tmp_path}/auth.db", managed, capsys=capsys)
+    assert code == 2 and out is None
+    assert culprit in err, err
+    assert digest(tmp_path / "mlflow.db") == before
