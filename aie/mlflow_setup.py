@@ -107,9 +107,15 @@ def experiment_ids(admin: Server, experiments: list[dict[str, Any]], tag: str, c
     one to be created in check mode).
 
     An experiment with a ``store`` has its artifacts behind the server (``mlflow-artifacts:/<id>``,
-    MLflow's location when none is given), in the store its ``tag`` names; one that an earlier
-    release made at ``earlier_location`` keeps that location. One with an ``artifact_location`` is
-    made there."""
+    MLflow's location when none is given), in the store its ``tag`` names. One with an
+    ``artifact_location`` is made there.
+
+    One that an earlier release made at ``earlier_location`` (a direct one) is moved behind the
+    server by ``aie.mlflow_db upgrade`` before the server starts (roles/mlflow/tasks/schema.yml),
+    which runs whenever the server's container is created or replaced, as on every upgrade. In
+    check mode, which replaces no container, it is reported as to be moved. Found by a real run, it
+    was put back under a server that was not replaced (by hand, say): it is named, with the way to
+    have it moved."""
     found = each(lambda experiment: admin.call("GET", "/api/2.0/mlflow/experiments/get-by-name",
                                                query={"experiment_name": experiment["name"]}), experiments)
     ids: dict[str, str] = {}
@@ -119,9 +125,18 @@ def experiment_ids(admin: Server, experiments: list[dict[str, Any]], tag: str, c
         if status == 200:
             existing = answer["experiment"]
             ids[name] = existing["experiment_id"]
-            accepted = [location] if location else [f"mlflow-artifacts:/{ids[name]}",
-                                                    experiment.get("earlier_location") or ""]
-            if existing["artifact_location"] not in accepted or existing["lifecycle_stage"] != "active":
+            accepted = location or f"mlflow-artifacts:/{ids[name]}"
+            if store and existing["artifact_location"] == experiment.get("earlier_location") and check:
+                changed.append(f"experiment {name}: artifacts through MLflow now (was {existing['artifact_location']})")
+                continue
+            if store and existing["artifact_location"] == experiment.get("earlier_location"):
+                raise SetupError(
+                    f"Experiment {name} is at the direct location an earlier release made it at "
+                    f"({existing['artifact_location']}): `aie up` moves it behind MLflow before the tracking server "
+                    "starts, when its container is created or replaced, which this run did not do. Stop the "
+                    "tracking server's container (docker stop) and run `aie up` again: it backs up MLflow's "
+                    "database and moves the experiment (its runs keep their artifacts where they are).")
+            if existing["artifact_location"] != accepted or existing["lifecycle_stage"] != "active":
                 wanted = location or f"the server's proxied artifacts ({store})"
                 raise SetupError(
                     f"Experiment {name} already exists with artifact location {existing['artifact_location']} "

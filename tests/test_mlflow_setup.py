@@ -96,6 +96,22 @@ def test_an_experiment_that_moved_is_refused_by_name(server: str) -> None:
     assert "Experiment team-a already exists with artifact location s3://bucket/team-a" in result.stderr
 
 
+def test_an_experiment_at_an_earlier_release_s_location_is_to_be_moved_by_the_upgrade(server: str) -> None:
+    # Made as an earlier release made notebooks-s3: at a direct location. The upgrade's database
+    # step moves it before the new server starts (aie.mlflow_db); check mode, which replaces no
+    # container, says it would; a real run that finds it still there names the way out.
+    made = setup(server, experiments=[{"name": "team-old", "artifact_location": "s3://old/team-old"}])
+    assert made.returncode == 0, made.stderr
+    wanted = {"experiments": [{"name": "team-old", "store": "s3", "earlier_location": "s3://old/team-old"}],
+              "store_tag": "aie.artifact_store"}
+    assert changes(setup(server, check=True, **wanted)) == [
+        "experiment team-old: artifacts through MLflow now (was s3://old/team-old)"]
+    refused = setup(server, **wanted)
+    assert refused.returncode == 1
+    assert "Experiment team-old is at the direct location an earlier release made it at" in refused.stderr
+    assert "Stop the tracking server's container" in refused.stderr
+
+
 def test_a_permission_on_an_unlisted_experiment_is_refused_by_name(server: str) -> None:
     wanted = {**CLIENT, "permissions": {"team-z": "EDIT"}}
     result = setup(server, experiments=EXPERIMENTS, accounts=[wanted])

@@ -19,12 +19,16 @@ release than the one running is refused before anything changes.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 import hub_client
@@ -118,6 +122,40 @@ for name, run_id in json.loads(sys.argv[1]).items():
                        auth=(creds.username, creds.password), timeout=300)
     got.raise_for_status()
     out[name] = {"user": creds.username, "steps": sorted(steps), "sha256": hashlib.sha256(got.content).hexdigest()}
+print(json.dumps(out))
+"""
+
+# Run on the controller as a laptop would, with an MLflow account and the CA only (no storage keys,
+# an empty home): log a run to each experiment through MLflow and print where it went.
+LOG_THROUGH_MLFLOW = r"""
+import hashlib, json, os, tempfile
+import mlflow
+out = {}
+for name in ("notebooks-sftp", "notebooks-s3"):
+    experiment = mlflow.set_experiment(name)
+    with mlflow.start_run() as run:
+        path = os.path.join(tempfile.mkdtemp(), "weights.bin")
+        data = os.urandom(2 << 20)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        mlflow.log_artifact(path, artifact_path="model")
+        out[name] = {"run_id": run.info.run_id, "experiment_id": experiment.experiment_id,
+                     "location": experiment.artifact_location, "artifact_uri": run.info.artifact_uri,
+                     "sha256": hashlib.sha256(data).hexdigest()}
+print(json.dumps(out))
+"""
+
+# Run inside the MLflow container, which holds the storage accounts: read each run's artifact
+# straight from the store its experiment's tag names, where the server's router put it
+# (AIE_ARTIFACT_STORES: store -> its by-experiment-id folder), and print its sha256.
+READ_FROM_THE_STORE = r"""
+import hashlib, json, os, sys
+import mlflow
+stores = json.loads(os.environ["AIE_ARTIFACT_STORES"])
+out = {}
+for name, (store, experiment_id, run_id) in json.loads(sys.argv[1]).items():
+    uri = f"{stores[store]}/{experiment_id}/{run_id}/artifacts/model/weights.bin"
+    out[name] = hashlib.sha256(open(mlflow.artifacts.download_artifacts(artifact_uri=uri), "rb").read()).hexdigest()
 print(json.dumps(out))
 """
 
@@ -217,6 +255,41 @@ def test_a_persons_server_shows_the_old_notebooks_and_reads_the_old_runs(upgrade
     assert json.loads(read.stdout.strip().splitlines()[-1]) == {
         name: {"user": "erin", "steps": list(range(5)), "sha256": logged["sha256"]}
         for name, logged in upgraded["logged"].items()}
+def test_the_upgrade_moves_aie_s_experiments_behind_mlflow_for_new_runs(
+        upgraded: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The previous release made them at direct locations: the upgrade moved them behind the
+    # server, said so, and a second `aie up` has nothing to move.
+    notes = [line for line in upgraded["up"].stderr.splitlines() if "artifacts through MLflow now" in line]
+    assert [re.sub(r"\(was \w+://[^)]*/", "(was …/", line) for line in notes] == [
+        f"aie: note (localhost): experiment {name}: artifacts through MLflow now (was …/{name})"
+        for name in ("notebooks-sftp", "notebooks-s3")], upgraded["up"].stderr[-3000:]
+    assert notes[0].split("(was ")[1].startswith("sftp://") and notes[1].split("(was ")[1].startswith("s3://"), notes
+    # A laptop's client: an MLflow account and the CA, no storage keys, an empty home.
+    home = tmp_path_factory.mktemp("laptop")
+    env = {"PATH": str(BIN), "HOME": str(home), "LANG": "C.UTF-8", "MLFLOW_TRACKING_URI": MLFLOW_URL,
+           **mlflow_admin(upgraded["keys"])}
+    logged = subprocess.run([str(BIN / "python"), "-c", LOG_THROUGH_MLFLOW], env=env, cwd=home, capture_output=True,
+                            text=True, timeout=600, check=False)
+    assert logged.returncode == 0, logged.stderr[-3000:]
+    new = json.loads(logged.stdout.strip().splitlines()[-1])
+    for name, made in new.items():
+        assert made["location"] == f"mlflow-artifacts:/{made['experiment_id']}", name
+        assert made["artifact_uri"] == f"{made['location']}/{made['run_id']}/artifacts", name
+    # Each landed in its experiment's store, byte for byte.
+    where = {name: (name.split("-")[1], made["experiment_id"], made["run_id"]) for name, made in new.items()}
+    read = mlflow_exec("python", "-c", READ_FROM_THE_STORE, json.dumps(where), env={}, user="10001:10001")
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert json.loads(read.stdout.strip().splitlines()[-1]) == {name: made["sha256"] for name, made in new.items()}
+    # The runs logged before keep their direct artifact URIs (test_artifacts_read_back_... reads them).
+    for name, value in mlflow_admin(upgraded["keys"]).items():
+        monkeypatch.setenv(name, value)
+    client = MlflowClient(tracking_uri=MLFLOW_URL)
+    for name, logged_before in upgraded["logged"].items():
+        assert not client.get_run(logged_before["run_id"]).info.artifact_uri.startswith("mlflow-artifacts:"), name
+    again = aie("up", "-i", str(upgraded["inventory"]), "-e", upgraded["extra"], timeout=1200)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "aie: site.yml done, changed=0" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "artifacts through MLflow now" not in again.stderr
 
 
 def test_the_upgrade_reads_the_old_names_and_adopts_the_s3_store(upgraded: dict[str, Any]) -> None:
@@ -295,11 +368,29 @@ def test_an_older_mlflow_than_the_one_running_is_refused_before_anything_changes
 # Last: the upgraded deployment, with its runs, model, accounts and artifacts, moves to PostgreSQL.
 @pytest.fixture(scope="module")
 def moved(upgraded: dict[str, Any]) -> dict[str, Any]:
+    before = _tracked(upgraded["keys"])
     started = time.monotonic()
     done = aie("move-to-postgresql", "-i", str(upgraded["inventory"]), "-e", upgraded["extra"])
     print(f"move to PostgreSQL: aie move-to-postgresql {time.monotonic() - started:.0f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return {"done": done}
+    return {"done": done, "before": before}
+
+
+def _tracked(keys: Path) -> dict[str, int]:
+    """The runs and metric values that MLflow's server holds (the earlier tests' among them),
+    counted through its API as the admin."""
+    saved = dict(os.environ)
+    os.environ.update(mlflow_admin(keys))
+    try:
+        client = MlflowClient(tracking_uri=MLFLOW_URL)
+        ids = [experiment.experiment_id for experiment in client.search_experiments(view_type=ViewType.ALL)]
+        runs = client.search_runs(ids, run_view_type=ViewType.ALL, max_results=1000)
+        metrics = sum(len(client.get_metric_history(found.info.run_id, key))
+                      for found in runs for key in found.data.metrics)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return {"runs": len(runs), "metrics": metrics}
 
 
 def test_the_move_to_postgresql_backs_up_and_reports_what_it_moved(moved: dict[str, Any]) -> None:
@@ -307,7 +398,8 @@ def test_the_move_to_postgresql_backs_up_and_reports_what_it_moved(moved: dict[s
     assert done.stderr.index("Run aie-backup backup") < done.stderr.index("Run aie.mlflow_db move")
     tracking = next(line for line in done.stdout.splitlines() if "moved the tracking database:" in line)
     counts = dict(item.rsplit(" ", 1) for item in tracking.split(": ", 2)[2].split(", "))
-    assert int(counts["runs"]) == 2 and int(counts["metrics"]) == 10, tracking
+    assert int(counts["runs"]) == moved["before"]["runs"] >= 2, (tracking, moved["before"])
+    assert int(counts["metrics"]) == moved["before"]["metrics"] >= 10, (tracking, moved["before"])
     assert int(counts["model_versions"]) == 1 and int(counts["registered_model_aliases"]) == 1, tracking
     assert "moved the auth database:" in done.stdout
     args = run(["docker", "inspect", "-f", "{{json .Args}}", f"{PREFIX}-mlflow"], timeout=60).stdout
