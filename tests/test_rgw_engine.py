@@ -1,10 +1,12 @@
-"""The rgw engine's container when it cannot serve: it stops at once and says why.
+"""The rgw engine when it cannot serve: it stops at once and says why, and a deployment does not
+start it on a disk it would stop on.
 
 Ceph's monitor stops when its filesystem has 5% or less free (mon_data_avail_crit). The engine's
 container used to wait 120 s for a monitor that had stopped at its first second, then say only that
 it "did not come up", while the deployment waited up to 10 minutes (the engine's health_timeout).
 Each test starts the engine's image on a small tmpfs as its data volume, as root (the entrypoint
-then runs the daemons as ceph), with the state a test sets up first.
+then runs the daemons as ceph), with the state a test sets up first; the last runs the service
+role's preparation step (roles/service/files/prepare.sh) as a deployment runs it for the engine.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
+import yaml
 
-from conftest import run
+from conftest import PROJECT, run
 
 CONTAINER = "aierge-s3"
 KEYS = {name: secrets.token_hex(16) for name in
@@ -71,3 +74,30 @@ def test_a_monitor_that_stops_is_reported_at_once(engine: Start) -> None:
     assert code != 0
     assert any(line.startswith("aie-rgw: the monitor stopped (exit ") for line in log), log
     assert not any("did not come up" in line for line in log), log
+
+
+def test_the_deployment_refuses_to_start_the_engine_on_a_disk_it_would_stop_on(rgw_test_image: str) -> None:
+    engine = yaml.safe_load((PROJECT / "roles/s3/defaults/main.yml").read_text())["s3_builtin_engines"]["rgw"]
+    assert engine["min_free_percent"] == 5
+
+    def prepare(taken_mib: int) -> subprocess.CompletedProcess[str]:
+        """prepare.sh as the service role runs it before the engine's container is created
+        (roles/service/tasks/prepare.yml), the data volume a 64 MiB tmpfs with taken_mib used."""
+        script = (PROJECT / "roles/service/files/prepare.sh").read_text()
+        return run(["docker", "run", "--rm", "--user", "0:0", "--cap-drop", "ALL", "--cap-add", "CHOWN",
+                    "--cap-add", "DAC_OVERRIDE", "--cap-add", "FOWNER", "--network", "none",
+                    "-e", f"AIE_USER={engine['security']['user']}", "-e", f"AIE_OWNED={engine['data']}",
+                    "-e", f"AIE_MIN_FREE={engine['min_free_percent']}",
+                    "--tmpfs", "/etc/aie.host", "--tmpfs", "/etc/aie",
+                    "--mount", f"type=tmpfs,destination={engine['data']},tmpfs-size=64m",
+                    "--entrypoint", "sh", rgw_test_image, "-c",
+                    f"fallocate -l {taken_mib}M {engine['data']}/taken && exec sh -c \"$0\" prepare", script],
+                   timeout=120)
+
+    refused = prepare(62)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert (f"prepare: the filesystem of {engine['data']} has 3% free (2 MiB of 64 MiB), and this service stops at 5%"
+            in refused.stderr), refused.stderr
+    # With room enough, the step hands the folder to the engine's user, as always.
+    prepared = prepare(32)
+    assert prepared.returncode == 0 and "changed" in prepared.stdout, prepared.stdout + prepared.stderr

@@ -9,11 +9,27 @@
 #   of an earlier release wrote as root, or what a restore brought back, stays writable;
 # - the folders named in $AIE_GRANT (a bind-mounted folder of root's: notebooks on a host operated
 #   as root) give the user write access with an ACL; they keep their owner and mode.
+# - with $AIE_MIN_FREE (a percentage) above 0, a data folder whose filesystem has that share free
+#   or less stops it, the folder and its free space named, before anything changed: the service
+#   would stop on it (Ceph's monitor stops at 5%), and the deployment would only wait for it.
 # It prints "changed" when it changed anything, for the task's report.
 set -eu
 uid=${AIE_USER%%:*}
 gid=${AIE_USER##*:}
 changed=
+for folder in ${AIE_OWNED:-}; do
+    [ "${AIE_MIN_FREE:-0}" -gt 0 ] || break
+    # POSIX df: the size and the available 1024-byte blocks, on its second line.
+    blocks=$(df -Pk "$folder" | awk 'NR == 2 {print $2, $4}')
+    size=${blocks% *}
+    avail=${blocks#* }
+    if [ $((avail * 100 / size)) -le "$AIE_MIN_FREE" ]; then
+        echo "prepare: the filesystem of $folder has $((avail * 100 / size))% free ($((avail / 1024)) MiB of" \
+             "$((size / 1024)) MiB), and this service stops at $AIE_MIN_FREE% or less. Free space where Docker" \
+             "keeps its volumes (docker system df), then run aie up again" >&2
+        exit 3
+    fi
+done
 # Anything of the copy not as it should be: a file that differs, or an owner or mode.
 if ! diff -r /etc/aie.host /etc/aie >/dev/null 2>&1 \
     || [ -n "$(find /etc/aie \( ! -user "$uid" -o ! -group "$gid" -o -type d ! -perm 0700 \
