@@ -19,7 +19,6 @@ release than the one running is refused before anything changes.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -379,17 +378,14 @@ def moved(upgraded: dict[str, Any]) -> dict[str, Any]:
 def _tracked(keys: Path) -> dict[str, int]:
     """The runs and metric values that MLflow's server holds (the earlier tests' among them),
     counted through its API as the admin."""
-    saved = dict(os.environ)
-    os.environ.update(mlflow_admin(keys))
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in mlflow_admin(keys).items():
+            patch.setenv(name, value)
         client = MlflowClient(tracking_uri=MLFLOW_URL)
         ids = [experiment.experiment_id for experiment in client.search_experiments(view_type=ViewType.ALL)]
         runs = client.search_runs(ids, run_view_type=ViewType.ALL, max_results=1000)
         metrics = sum(len(client.get_metric_history(found.info.run_id, key))
                       for found in runs for key in found.data.metrics)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     return {"runs": len(runs), "metrics": metrics}
 
 
